@@ -1,0 +1,1 @@
+"""Data: sources (Hub, local files, the embedded corpus), tokenizers, packing into blocks."""

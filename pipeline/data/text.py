@@ -1,0 +1,158 @@
+"""Text corpora for the engine: raw documents, the tokenizer, and packed blocks.
+
+Shared by every text objective (mlm, infonce): sources are resolved and checked first (cheap,
+every process), then the main process loads, trains the tokenizer and fills the caches while
+the others wait, then everyone reads the cached result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.data import packing, sources
+from pipeline.data.sources import DataError, Source
+from pipeline.data.tokenizer import check_tokenizer, load_tokenizer, train_wordpiece
+from pipeline.engine.context import RunContext
+
+
+@dataclass
+class TextCorpus:
+    train: Any  # Dataset or IterableDataset of documents
+    eval: Any | None
+    train_source: Source
+    eval_source: Source | None
+
+
+def resolve_sources(data_cfg: Any) -> tuple[Source, Source | None]:
+    train = sources.resolve(data_cfg.path, data_cfg.name, data_cfg.split)
+    if data_cfg.eval_path:
+        paths = list(data_cfg.eval_path)
+        if len(paths) == 1 and paths[0].startswith("split:"):  # another split of the same source
+            split = paths[0].split(":", 1)[1]
+            return train, sources.resolve(data_cfg.path, data_cfg.name, split)
+        return train, sources.resolve(paths, data_cfg.name, "train")
+    if len(data_cfg.path) == 1 and data_cfg.path[0].startswith("embedded:"):
+        return train, sources.resolve(data_cfg.path, None, "validation")
+    return train, None
+
+
+def load_corpus(ctx: RunContext) -> TextCorpus:
+    data_cfg = ctx.cfg.data
+    train_src, eval_src = resolve_sources(data_cfg)
+    column = data_cfg.text_column
+    if data_cfg.streaming:
+        train = sources.load(train_src, streaming=True)
+        sources.require_column(train, column, train_src)
+        ev = sources.load(eval_src, streaming=True) if eval_src else None
+        return TextCorpus(train, ev, train_src, eval_src)
+    with ctx.main_first():
+        train = sources.load(train_src)
+        ev = sources.load(eval_src) if eval_src else None
+    sources.require_column(train, column, train_src)
+    sources.require_text(train, column, train_src)
+    if ev is not None:
+        sources.require_column(ev, column, eval_src, key="data.text_column (eval)")
+        sources.require_text(ev, column, eval_src)
+    elif data_cfg.eval_fraction > 0 and len(train) >= 2:
+        split = train.train_test_split(
+            test_size=max(1, int(len(train) * data_cfg.eval_fraction)),
+            seed=ctx.cfg.train.seed,
+            load_from_cache_file=False,
+        )
+        train, ev = split["train"], split["test"]
+        # the split depends on seed and fraction: both are part of the cache identity
+        tag = f"heldout seed={ctx.cfg.train.seed} fraction={data_cfg.eval_fraction}"
+        base = train_src
+        train_src = Source(base.path, base.data_files, base.name, f"{base.split}[-{tag}]")
+        eval_src = Source(base.path, base.data_files, base.name, f"{base.split}[{tag}]")
+    return TextCorpus(train, ev, train_src, eval_src)
+
+
+def get_tokenizer(ctx: RunContext, corpus: TextCorpus, need_mask: bool = True) -> Any:
+    """The run's tokenizer: the one saved in the run folder (resume), a named one, or a new
+    WordPiece trained on the corpus by the main process and saved for the others."""
+    tok_cfg = ctx.cfg.tokenizer
+    saved = ctx.run_dir / "tokenizer"
+    if (saved / "tokenizer_config.json").is_file():
+        tok = load_tokenizer(str(saved))
+        where = str(saved)
+    elif tok_cfg.name_or_path:
+        tok = load_tokenizer(tok_cfg.name_or_path)
+        where = tok_cfg.name_or_path
+    else:
+        with ctx.main_first():
+            if ctx.is_main:
+                texts = _first_texts(corpus.train, ctx.cfg.data.text_column, tok_cfg.train_examples)
+                tok = train_wordpiece(texts, tok_cfg.vocab_size, tok_cfg.lowercase)
+                tok.save_pretrained(str(saved))
+            else:
+                tok = load_tokenizer(str(saved))
+        where = f"trained on {corpus.train_source.describe()}"
+    check_tokenizer(tok, where, need_mask=need_mask)
+    if ctx.is_main and not (saved / "tokenizer_config.json").is_file():
+        tok.save_pretrained(str(saved))
+    return tok
+
+
+def _first_texts(ds: Any, column: str, limit: int):
+    if hasattr(ds, "__len__"):
+        n = min(len(ds), limit)
+        for start in range(0, n, 1000):
+            yield from ds[start : min(start + 1000, n)][column]
+    else:
+        for i, row in enumerate(ds):
+            if i >= limit:
+                break
+            yield row[column]
+
+
+def packed(ctx: RunContext, corpus: TextCorpus, tokenizer: Any) -> tuple[Any, Any | None]:
+    """(train blocks, eval blocks) of `data.block_size` tokens; cached on disk."""
+    d = ctx.cfg.data
+    if d.streaming:
+        from datasets.distributed import split_dataset_by_node
+
+        shard = split_dataset_by_node(corpus.train, rank=ctx.rank, world_size=ctx.world_size)
+        train = packing.packed_stream(shard, tokenizer, d.text_column, d.block_size)
+        ev = None
+        if corpus.eval is not None:
+            blocks = packing.packed_stream(corpus.eval, tokenizer, d.text_column, d.block_size)
+            ev = _materialize(blocks, d.max_eval_examples)
+        return train, ev
+    with ctx.main_first():
+        train = packing.packed_blocks(
+            corpus.train,
+            tokenizer,
+            d.text_column,
+            d.block_size,
+            corpus.train_source.fingerprint() + f"|n={len(corpus.train)}",
+            d.cache_dir,
+            d.num_proc,
+        )
+        ev = None
+        if corpus.eval is not None:
+            ev = packing.packed_blocks(
+                corpus.eval,
+                tokenizer,
+                d.text_column,
+                d.block_size,
+                corpus.eval_source.fingerprint() + f"|n={len(corpus.eval)}",
+                d.cache_dir,
+                d.num_proc,
+            )
+    if len(train) == 0:
+        raise DataError(
+            f"data {corpus.train_source.describe()!r} is shorter than one block of "
+            f"{d.block_size} tokens; add text or lower data.block_size"
+        )
+    if ev is not None:
+        ev = ev.select(range(min(len(ev), d.max_eval_examples))) if len(ev) else None
+    return train.with_format("torch"), (ev.with_format("torch") if ev is not None else None)
+
+
+def _materialize(stream: Any, limit: int) -> Any:
+    import datasets
+
+    rows = [row["input_ids"] for _, row in zip(range(limit), stream)]
+    return datasets.Dataset.from_dict({"input_ids": rows}).with_format("torch") if rows else None

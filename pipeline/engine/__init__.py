@@ -1,0 +1,1 @@
+"""The training engine: one Accelerate loop (optionally driving DeepSpeed) for every objective."""

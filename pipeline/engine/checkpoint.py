@@ -1,0 +1,194 @@
+"""Atomic, hash-checked checkpoints.
+
+A checkpoint is written into `checkpoints/.tmp-step-N`, then `manifest.json` (every file with
+its size and SHA-256) is written last and the folder is renamed to `checkpoints/step-N`. A
+checkpoint counts only when its manifest exists and every hash matches, so a process killed
+while writing leaves only a `.tmp-*` folder, which resume ignores and the next save removes.
+Rotation deletes old checkpoints only after the new one is complete.
+
+Contents: Accelerate's `save_state` (model as safetensors, optimizer; DeepSpeed writes its
+own shards through the same call), `trainer_state.json` (step, tokens, scheduler...), and one
+`rank-K.pt` per process with its RNG states and objective state. Everything is read back with
+`torch.load(weights_only=True)`: a pickle that would run code is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+TRAINER_STATE = "trainer_state.json"
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    files = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+        files[str(f.relative_to(folder))] = {"size": f.stat().st_size, "sha256": sha256(f)}
+    tmp = folder / (MANIFEST + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump({"files": files}, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.rename(folder / MANIFEST)
+
+
+def verify(folder: Path) -> str | None:
+    """None when the checkpoint is complete and intact, else what is wrong (naming the file)."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return f"{folder} has no {MANIFEST} (incomplete)"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError) as err:
+        return f"{manifest} is unreadable: {err}"
+    for rel, meta in files.items():
+        f = folder / rel
+        if not f.is_file():
+            return f"{f} is missing"
+        if f.stat().st_size != meta["size"]:
+            return f"{f} has {f.stat().st_size} bytes, manifest says {meta['size']} (truncated?)"
+        if sha256(f) != meta["sha256"]:
+            return f"{f} fails its SHA-256 check (corrupted)"
+    return None
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every finished-looking checkpoint, newest first."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name))]
+    return sorted(found, reverse=True)
+
+
+def latest_valid(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint whose manifest and hashes check out; warns about each bad one."""
+    for _, folder in list_checkpoints(run_dir):
+        problem = verify(folder)
+        if problem is None:
+            return folder
+        log.warning("skipping checkpoint: %s", problem)
+    return None
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG of this process, as tensors and plain numbers (loadable with weights_only)."""
+    np_kind, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_kind, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_gauss, np_cached],
+        "python": [py_version, list(py_state), py_gauss],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, gauss, cached))
+    version, py_state, py_gauss = state["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(
+    accelerator: Any,
+    run_dir: str | Path,
+    step: int,
+    trainer_state: dict[str, Any],
+    rank_state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Collective: every process calls it. Returns the finished folder."""
+    root = checkpoints_dir(run_dir)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if final.exists():  # e.g. the final save of a run that just saved this step
+            shutil.rmtree(final)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    torch.save({**rank_state, "rng": rng_state()}, tmp / f"rank-{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
+        write_manifest(tmp)
+        tmp.rename(final)
+        _fsync_dir(root)
+        for _, old in list_checkpoints(run_dir)[keep:]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load(accelerator: Any, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore model/optimizer into the prepared objects; return (trainer_state, rank_state)."""
+    trainer_state = json.loads((folder / TRAINER_STATE).read_text())
+    saved_world = trainer_state.get("world_size")
+    if saved_world != accelerator.num_processes:
+        raise CheckpointError(
+            f"{folder} was written by {saved_world} processes, this run has "
+            f"{accelerator.num_processes}; exact resume needs the same process count"
+        )
+    accelerator.load_state(str(folder))
+    rank_file = folder / f"rank-{accelerator.process_index}.pt"
+    rank_state = load_tensors(rank_file)
+    set_rng_state(rank_state.pop("rng"))
+    return trainer_state, rank_state
+
+
+def load_tensors(path: Path) -> Any:
+    """torch.load that never runs pickled code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError and friends
+        raise CheckpointError(f"{path} is not a plain tensor file and was refused: {err}") from None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass

@@ -1,0 +1,104 @@
+"""Metrics: `metrics.jsonl` (always), Accelerate trackers, throughput, MFU and memory."""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# dense bf16 peak FLOP/s per device (no sparsity), matched against torch.cuda.get_device_name()
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "GH200": 989e12,
+    "A100": 312e12,
+    "A10G": 125e12,
+    "A6000": 155e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "4090": 165e12,
+    "V100": 125e12,
+    "T4": 65e12,
+    "MI300X": 1307e12,
+}
+
+
+def peak_flops(device: torch.device, configured: float | None) -> float | None:
+    if configured:
+        return configured
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, flops in PEAK_FLOPS.items():
+            if key in name:
+                return flops
+    return None
+
+
+def transformer_flops_per_token(n_params: int, layers: int, hidden: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x parameters (forward + backward matmuls) plus attention's
+    score and value products, 12 x layers x hidden x sequence (PaLM, appendix B)."""
+    return 6.0 * n_params + 12.0 * layers * hidden * seq_len
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+
+
+class MetricsLog:
+    """Main process only: append JSON lines and forward to Accelerate's trackers."""
+
+    def __init__(self, run_dir: Path, accelerator: Any, enabled: bool):
+        self.path = run_dir / "metrics.jsonl"
+        self.accelerator = accelerator
+        self.enabled = enabled
+
+    def write(self, step: int, split: str, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        clean = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in values.items()
+        }
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps({"step": step, "split": split, **clean}) + "\n")
+        if self.accelerator.trackers:
+            numbers = {f"{split}/{k}": v for k, v in clean.items() if isinstance(v, (int, float))}
+            self.accelerator.log(numbers, step=step)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Averager:
+    """Sums of per-micro-batch metrics, averaged over micro batches and processes on demand."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n = 0
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        for k, v in metrics.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        self.n += 1
+
+    def reduce(self, accelerator: Any) -> dict[str, float]:
+        if not self.n:
+            return {}
+        keys = sorted(self.sums)
+        local = torch.stack([self.sums[k] for k in keys]).to(accelerator.device) / self.n
+        mean = accelerator.reduce(local, reduction="mean")
+        self.sums, self.n = {}, 0
+        return {k: float(v) for k, v in zip(keys, mean.tolist())}

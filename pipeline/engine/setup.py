@@ -1,0 +1,151 @@
+"""Everything before the first step: run folder, process layout, Accelerator, optimizer.
+
+Checks that cost nothing (batch divisibility, writable folder, compatible resume) run here,
+before any data is tokenized or any model is built.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+
+from pipeline import config as config_lib
+
+
+class SetupError(ValueError):
+    pass
+
+
+def launched_world_size() -> int:
+    """Processes this job was launched with (accelerate launch, torchrun and SLURM set it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def accumulation_steps(train_cfg: Any, world: int) -> int:
+    micro = train_cfg.micro_batch_size
+    if train_cfg.global_batch_size is None:
+        return 1
+    per_step = micro * world
+    if train_cfg.global_batch_size % per_step:
+        raise SetupError(
+            f"train.global_batch_size={train_cfg.global_batch_size} is not divisible by "
+            f"train.micro_batch_size x processes = {micro} x {world} = {per_step}"
+        )
+    return train_cfg.global_batch_size // per_step
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise SetupError(
+            f"output folder {str(run_dir)!r} is not writable: {err.strerror}"
+        ) from None
+
+
+# sections whose change makes an existing run folder's checkpoints meaningless
+RESUME_CRITICAL = ("model", "objective", "data.block_size", "tokenizer")
+
+
+def check_resume_compatible(run_dir: Path, resolved: dict) -> None:
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file() or not (run_dir / "checkpoints").is_dir():
+        return
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    flat_saved, flat_now = config_lib.flatten(saved), config_lib.flatten(resolved)
+    changed = sorted(
+        k
+        for k in set(flat_saved) | set(flat_now)
+        if any(k == c or k.startswith(c + ".") for c in RESUME_CRITICAL)
+        and flat_saved.get(k) != flat_now.get(k)
+    )
+    if changed:
+        shown = ", ".join(f"{k}: {flat_saved.get(k)!r} -> {flat_now.get(k)!r}" for k in changed[:4])
+        raise SetupError(
+            f"{run_dir} holds checkpoints of an incompatible config ({shown}); "
+            f"use another --output-dir or train.resume=never in a fresh folder"
+        )
+
+
+def mixed_precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def available_trackers(names: list[str]) -> list[str]:
+    modules = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+    return [n for n in names if importlib.util.find_spec(modules.get(n, n)) is not None]
+
+
+def make_accelerator(cfg: Any, run_dir: Path, accumulation: int) -> Accelerator:
+    on_cpu = not torch.cuda.is_available()
+    handlers = []
+    if on_cpu and launched_world_size() > 1:
+        # DeepSpeed on CPU needs gloo named explicitly (else a batch-size mismatch error)
+        handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=30)))
+    plugin = None
+    if cfg.engine.strategy == "deepspeed":
+        from pipeline.engine.deepspeed import make_plugin
+
+        plugin = make_plugin(cfg, accumulation)
+    accelerator = Accelerator(
+        # on CPU, Accelerate runs ONE process unless told cpu=True; but cpu=True with
+        # DeepSpeed silently falls back to DDP, so DeepSpeed keeps cpu=False
+        cpu=on_cpu and cfg.engine.strategy != "deepspeed",
+        mixed_precision=mixed_precision(cfg.engine.mixed_precision),
+        gradient_accumulation_steps=accumulation,
+        log_with=available_trackers(cfg.log.trackers) or None,
+        project_config=ProjectConfiguration(str(run_dir), logging_dir=str(run_dir / "logs")),
+        kwargs_handlers=handlers,
+        deepspeed_plugin=plugin,
+    )
+    if accelerator.num_processes != launched_world_size():
+        raise SetupError(
+            f"launched with WORLD_SIZE={launched_world_size()} but Accelerate runs "
+            f"{accelerator.num_processes} process(es) ({accelerator.distributed_type})"
+        )
+    return accelerator
+
+
+def build_optimizer(module: torch.nn.Module, optim_cfg: Any, device: torch.device):
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        # biases and LayerNorm weights are not decayed (as BERT and every recipe since)
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name else decay).append(p)
+    fused = optim_cfg.fused == "on" or (optim_cfg.fused == "auto" and device.type == "cuda")
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": optim_cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=optim_cfg.lr,
+        betas=tuple(optim_cfg.betas),
+        eps=optim_cfg.eps,
+        fused=fused or None,
+    )
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any, max_steps: int):
+    from transformers import get_scheduler
+
+    warmup = optim_cfg.warmup_steps or int(max_steps * optim_cfg.warmup_ratio)
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[
+        optim_cfg.schedule
+    ]
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=max_steps)

