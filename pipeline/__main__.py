@@ -8,76 +8,18 @@ Errors a user can act on (bad config, bad data, bad setup) print one line and ex
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable
 
-COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
+from pipeline.cli import COMMANDS
 
-
-def command(name: str, help_text: str):
-    def decorator(fn: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
-        COMMANDS[name] = (help_text, fn)
-        return fn
-
-    return decorator
-
-
-def config_parser(prog: str, schema: type, description: str) -> argparse.ArgumentParser:
-    """CONFIG + key=value overrides + --output-dir; --help lists every key with its docstring."""
-    from pipeline import config as config_lib
-
-    epilog = "config keys (set in YAML or as key=value):\n  " + "\n  ".join(
-        config_lib.describe(schema)
-    )
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=description,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("config", help="a YAML recipe, e.g. configs/mlm/tiny.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-3")
-    parser.add_argument("--output-dir", help="run folder (sets output_dir)")
-    return parser
-
-
-def load_run_config(schema: type, args: argparse.Namespace):
-    from pipeline import config as config_lib
-
-    overrides = list(args.overrides)
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
-    return config_lib.load_config(schema, args.config, overrides)
-
-
-@command("train", "pretrain a model with an objective on the engine")
-def train_command(argv: list[str]) -> int:
-    from pipeline.train_config import RunConfig
-
-    args = config_parser("python -m pipeline train", RunConfig, "Pretrain a model.").parse_args(
-        argv
-    )
-    cfg = load_run_config(RunConfig, args)
-    from pipeline.engine.train import train
-
-    train(cfg)
-    return 0
-
-
-@command("export", "write RUN_DIR/export (a Hugging Face folder) from the newest valid checkpoint")
-def export_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline export")
-    parser.add_argument("run_dir")
-    parser.add_argument("--checkpoint", help="a checkpoint folder (default: the newest valid one)")
-    args = parser.parse_args(argv)
-    from pipeline.export import export_run
-
-    folder = export_run(args.run_dir, args.checkpoint)
-    print(folder)
-    return 0
+# one module per command; a new command is a new module in pipeline/commands plus a line here
+COMMAND_MODULES = [
+    "pipeline.commands.train",
+    "pipeline.commands.export",
+]
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -101,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
     for noisy in ("datasets", "httpx", "urllib3", "accelerate", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not argv or argv[0] in ("-h", "--help"):

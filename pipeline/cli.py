@@ -1,0 +1,44 @@
+"""Shared pieces of the command line: the command table and config-file arguments."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
+
+
+def command(name: str, help_text: str):
+    def decorator(fn: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
+        COMMANDS[name] = (help_text, fn)
+        return fn
+
+    return decorator
+
+
+def config_parser(prog: str, schema: type, description: str) -> argparse.ArgumentParser:
+    """CONFIG + key=value overrides + --output-dir; --help lists every key with its docstring."""
+    from pipeline import config as config_lib
+
+    epilog = "config keys (set in YAML or as key=value):\n  " + "\n  ".join(
+        config_lib.describe(schema)
+    )
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", help="a YAML recipe, e.g. configs/mlm/tiny.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-3")
+    parser.add_argument("--output-dir", help="run folder (sets output_dir)")
+    return parser
+
+
+def load_run_config(schema: type, args: argparse.Namespace):
+    from pipeline import config as config_lib
+
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    return config_lib.load_config(schema, args.config, overrides)

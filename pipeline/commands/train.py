@@ -1,0 +1,19 @@
+"""`python -m pipeline train CONFIG [key=value ...] [--output-dir DIR]`."""
+
+from __future__ import annotations
+
+from pipeline.cli import command, config_parser, load_run_config
+
+
+@command("train", "pretrain a model with an objective on the engine")
+def train_command(argv: list[str]) -> int:
+    from pipeline.train_config import RunConfig
+
+    args = config_parser("python -m pipeline train", RunConfig, "Pretrain a model.").parse_args(
+        argv
+    )
+    cfg = load_run_config(RunConfig, args)
+    from pipeline.engine.train import train
+
+    train(cfg)
+    return 0
