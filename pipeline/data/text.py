@@ -7,7 +7,11 @@ the others wait, then everyone reads the cached result.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.data import packing, sources
@@ -81,18 +85,33 @@ def get_tokenizer(ctx: RunContext, corpus: TextCorpus, need_mask: bool = True) -
         tok = load_tokenizer(tok_cfg.name_or_path)
         where = tok_cfg.name_or_path
     else:
+        # WordPiece training is not bit-reproducible (ties between merges), so a trained
+        # tokenizer is cached by corpus and settings: runs on the same data share one
+        cached = trained_tokenizer_dir(corpus.train_source, tok_cfg, ctx.cfg.data.text_column)
         with ctx.main_first():
-            if ctx.is_main:
+            if ctx.is_main and not (cached / "tokenizer_config.json").is_file():
                 texts = _first_texts(corpus.train, ctx.cfg.data.text_column, tok_cfg.train_examples)
                 tok = train_wordpiece(texts, tok_cfg.vocab_size, tok_cfg.lowercase)
-                tok.save_pretrained(str(saved))
-            else:
-                tok = load_tokenizer(str(saved))
+                tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")
+                tok.save_pretrained(str(tmp))
+                try:
+                    tmp.rename(cached)
+                except OSError:
+                    shutil.rmtree(tmp, ignore_errors=True)
+        tok = load_tokenizer(str(cached))
         where = f"trained on {corpus.train_source.describe()}"
     check_tokenizer(tok, where, need_mask=need_mask)
     if ctx.is_main and not (saved / "tokenizer_config.json").is_file():
         tok.save_pretrained(str(saved))
     return tok
+
+
+def trained_tokenizer_dir(source: Source, tok_cfg: Any, column: str) -> Path:
+    key = f"{source.fingerprint()}|{column}|{tok_cfg.vocab_size}|{tok_cfg.lowercase}|{tok_cfg.train_examples}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+    folder = packing.default_cache_dir().parent / "tokenizers" / digest
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _first_texts(ds: Any, column: str, limit: int):

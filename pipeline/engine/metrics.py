@@ -102,3 +102,29 @@ class Averager:
         mean = accelerator.reduce(local, reduction="mean")
         self.sums, self.n = {}, 0
         return {k: float(v) for k, v in zip(keys, mean.tolist())}
+
+
+def write_run_info(run_dir: Path, accelerator: Any, accumulation: int) -> None:
+    """RUN_DIR/run_info.json: how the run was launched (tests and users check the layout)."""
+    import platform
+
+    import accelerate
+    import transformers
+
+    device = accelerator.device
+    info = {
+        "distributed_type": str(accelerator.distributed_type).split(".")[-1],
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "gradient_accumulation_steps": accumulation,
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__,
+        },
+    }
+    (run_dir / "run_info.json").write_text(json.dumps(info, indent=1))

@@ -1,0 +1,103 @@
+"""A short masked-LM run on the embedded corpus, then its export in stock transformers."""
+
+import collections
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import metrics, run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = 300
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mlm") / "run"
+    run_cli(
+        ["train", "configs/mlm/tiny.yaml", f"train.max_steps={STEPS}", "train.eval_every=100",
+         "train.checkpoint_every=100", "log.progress_bar=false", "--output-dir", str(out)]
+    )  # fmt: skip
+    return out
+
+
+def most_frequent_token_rate(run_dir: Path) -> float:
+    """Accuracy of always predicting the most frequent token of the held-out text."""
+    from transformers import AutoTokenizer
+
+    from pipeline.data.embedded import materialize
+
+    tok = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
+
+    texts = [json.loads(line)["text"] for line in open(materialize("bible")["validation"])]
+    counts = collections.Counter(
+        t for text in texts for t in tok(text, add_special_tokens=False)["input_ids"]
+    )
+    return counts.most_common(1)[0][1] / sum(counts.values())
+
+
+def test_heldout_loss_falls_and_accuracy_beats_baseline(run_dir):
+    train, evals = metrics(run_dir, "train"), metrics(run_dir, "eval")
+    assert [e["step"] for e in evals] == [100, 200, STEPS]
+    first_loss = train[0]["loss"]
+    assert evals[-1]["loss"] < first_loss - 2.0, (first_loss, evals)
+    assert evals[-1]["loss"] < evals[0]["loss"]
+    baseline = most_frequent_token_rate(run_dir)
+    assert evals[-1]["mlm_accuracy"] > baseline + 0.03, (evals[-1], baseline)
+    assert evals[-1]["perplexity"] == pytest.approx(
+        torch.tensor(evals[-1]["loss"]).exp().item(), rel=1e-4
+    )
+    assert all(r["tokens_per_s"] > 0 and r["peak_mem_mb"] > 0 for r in train)
+
+
+def test_run_folder_layout(run_dir):
+    for name in ("config.yaml", "metrics.jsonl", "run_info.json", "plots/loss.png", "export/model.safetensors",
+                 "export/config.json", "export/README.md", "tokenizer/tokenizer.json"):  # fmt: skip
+        assert (run_dir / name).is_file(), name
+    steps = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert steps == ["step-00000200", f"step-{STEPS:08d}"]  # keep_checkpoints=2
+
+
+def test_export_works_in_stock_transformers(run_dir):
+    from transformers import (
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        pipeline,
+    )
+
+    export = str(run_dir / "export")
+    fill = pipeline("fill-mask", model=export)
+    preds = fill("and god said , let there be [MASK] .")
+    assert len(preds) == 5 and all(p["token_str"] for p in preds)
+    clf = AutoModelForSequenceClassification.from_pretrained(export, num_labels=2)
+    tok = AutoTokenizer.from_pretrained(export)
+    assert clf(**tok(["in the beginning"], return_tensors="pt")).logits.shape == (1, 2)
+
+    # logits of the export equal the training model's (the final checkpoint's weights)
+    from transformers import BertConfig, BertForMaskedLM
+
+    from pipeline.models.bert import Bert  # noqa: F401  (only to build the reference model)
+
+    exported = AutoModelForMaskedLM.from_pretrained(export).eval()
+    ref = BertForMaskedLM(BertConfig.from_pretrained(export)).eval()
+    state = load_file(str(run_dir / "checkpoints" / f"step-{STEPS:08d}" / "model.safetensors"))
+    ref.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=False)
+    ref.tie_weights()
+    batch = tok(["in the beginning god created the heaven and the earth ."], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(exported(**batch).logits, ref(**batch).logits)
+
+
+def test_offline_export_equals_end_of_training_export(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("export"))
+    run_cli(["export", str(copy)])
+    a = load_file(str(run_dir / "export/model.safetensors"))
+    b = load_file(str(copy / "export/model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
