@@ -19,6 +19,7 @@ from pipeline.cli import COMMANDS
 COMMAND_MODULES = [
     "pipeline.commands.train",
     "pipeline.commands.export",
+    "pipeline.commands.slurm",
 ]
 
 
