@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "pipeline.commands.train",
     "pipeline.commands.export",
     "pipeline.commands.slurm",
+    "pipeline.commands.stage",
+    "pipeline.commands.run",
 ]
 
 

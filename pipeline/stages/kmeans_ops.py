@@ -1,0 +1,332 @@
+"""K-means as a latent-variable energy-based model, in torch (CPU or GPU, 1 or N processes).
+
+Energy E(y, z) = ||y - W z||^2 with z one-hot over k columns of W (the centroids).
+  hard free energy  F(y)   = min_z E(y, z)                       (inertia = sum over y)
+  soft free energy  F_b(y) = -1/b log sum_z exp(-b E(y, z))      (tends to F as b grows:
+                                                                  F - log(k)/b <= F_b <= F)
+Lloyd's algorithm alternates minimising E over z (assignment) and over W (means), so the
+inertia never increases. Distances use ||x||^2 - 2 x.c + ||c||^2: one float32 matmul per chunk
+of rows, so memory stays at chunk x k. Per-process sums and counts are all-reduced, so N
+processes holding shards compute exactly the update one process would.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from pipeline.stages.dist import Comm
+
+
+class Points:
+    """A process's rows: an in-memory tensor (moved to the device once) or a numpy memmap
+    (read chunk by chunk: data larger than memory)."""
+
+    def __init__(self, data: np.ndarray | torch.Tensor, device: torch.device, chunk: int = 65536):
+        self.device = device
+        self.chunk = max(1, chunk)
+        self.mmap = isinstance(data, np.memmap)
+        if self.mmap:
+            self.data = data
+        else:
+            tensor = torch.as_tensor(np.asarray(data) if isinstance(data, np.ndarray) else data)
+            self.data = tensor.to(device=device, dtype=torch.float32).contiguous()
+        self.n, self.dim = int(data.shape[0]), int(data.shape[1])
+        self._sq = None if self.mmap else (self.data * self.data).sum(1)
+
+    def _rows(self, start: int, stop: int) -> torch.Tensor:
+        if not self.mmap:
+            return self.data[start:stop]
+        block = np.array(self.data[start:stop], dtype=np.float32)  # a writable copy
+        return torch.from_numpy(block).to(self.device)
+
+    def chunks(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """(start, rows, squared norms of the rows)."""
+        for start in range(0, self.n, self.chunk):
+            x = self._rows(start, min(start + self.chunk, self.n))
+            sq = self._sq[start : start + len(x)] if self._sq is not None else (x * x).sum(1)
+            yield start, x, sq
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        if not self.mmap:
+            return self.data[index.to(self.device)]
+        order = np.sort(index.cpu().numpy())  # sorted reads are sequential on disk
+        return torch.from_numpy(np.asarray(self.data[order], dtype=np.float32)).to(self.device)
+
+
+# --------------------------------------------------------------------------- energies
+
+
+def energies(y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """E(y, z) for every row of y and every one-hot z: squared distances, shape (n, k)."""
+    cross = torch.addmm((w * w).sum(1), y, w.T, alpha=-2.0)
+    return (cross + (y * y).sum(1, keepdim=True)).clamp_min_(0.0)
+
+
+def free_energy(e: torch.Tensor, beta: float | None = None) -> torch.Tensor:
+    """Per-row free energy from energies (n, k): hard (beta None or inf) or soft at beta."""
+    if beta is None or math.isinf(beta):
+        return e.min(1).values
+    return -torch.logsumexp(-beta * e.double(), dim=1) / beta
+
+
+# --------------------------------------------------------------------------- one pass
+
+
+@dataclass
+class PassStats:
+    inertia: float
+    sums: torch.Tensor  # (k, d) float64, all processes
+    counts: torch.Tensor  # (k,) float64, all processes
+    labels: torch.Tensor  # (n_local,) int64
+    mind: torch.Tensor  # (n_local,) float32 squared distance to the nearest centroid
+
+
+def assign(points: Points, centers: torch.Tensor, comm: Comm) -> PassStats:
+    """E-step over this process's rows, then all-reduce of inertia, sums and counts."""
+    k, d = centers.shape
+    c_sq = (centers * centers).sum(1)
+    sums = torch.zeros(k, d, dtype=torch.float64, device=points.device)
+    labels = torch.empty(points.n, dtype=torch.int64, device=points.device)
+    mind = torch.empty(points.n, dtype=torch.float32, device=points.device)
+    for start, x, x_sq in points.chunks():
+        # argmin of ||c||^2 - 2 x.c is the argmin of the distance; ||x||^2 is added after
+        best, lab = torch.addmm(c_sq, x, centers.T, alpha=-2.0).min(1)
+        stop = start + len(x)
+        labels[start:stop] = lab
+        mind[start:stop] = (best + x_sq).clamp_min_(0.0)
+        # float32 within a chunk (fast scatter), float64 across chunks and processes
+        part = torch.zeros(k, d, dtype=torch.float32, device=points.device)
+        sums += part.scatter_add_(0, lab[:, None].expand(-1, d), x).double()
+    counts = torch.bincount(labels, minlength=k).double()
+    inertia = mind.sum(dtype=torch.float64).reshape(1)
+    packed = comm.sum_(torch.cat([sums.flatten(), counts, inertia]))
+    return PassStats(
+        inertia=float(packed[-1]),
+        sums=packed[: k * d].view(k, d),
+        counts=packed[k * d : k * d + k],
+        labels=labels,
+        mind=mind,
+    )
+
+
+def farthest(points: Points, mind: torch.Tensor, m: int, comm: Comm) -> torch.Tensor:
+    """The m rows (over all processes) farthest from their centroid: new homes for empty
+    clusters, as scikit-learn does."""
+    m_local = min(m, points.n)
+    top = torch.topk(mind, m_local).indices
+    cand = torch.cat([mind[top, None].double(), points.take(top).double()], 1)
+    everyone = comm.gather(cand)
+    pick = torch.topk(everyone[:, 0], m).indices.sort().values
+    return everyone[pick, 1:].float()
+
+
+# --------------------------------------------------------------------------- initialisation
+
+
+def _global_rows(points: Points, index: torch.Tensor, comm: Comm, offset: int) -> torch.Tensor:
+    """Rows at global indices: the owning process fills them, a sum shares them."""
+    out = torch.zeros(len(index), points.dim, dtype=torch.float64, device=points.device)
+    local = index - offset
+    mine = (local >= 0) & (local < points.n)
+    if mine.any():
+        out[mine] = points.take(local[mine]).double()
+    return comm.sum_(out).float()
+
+
+def _layout(points: Points, comm: Comm) -> tuple[int, int]:
+    """(rows before this process, rows in all processes)."""
+    sizes = comm.gather(torch.tensor([points.n], device=points.device))
+    return int(sizes[: comm.rank].sum()), int(sizes.sum())
+
+
+def _sq_dist(points: Points, c: torch.Tensor) -> torch.Tensor:
+    """(n_local, m) squared distances to a few points c (m, d)."""
+    c_sq = (c * c).sum(1)
+    parts = [
+        (torch.addmm(c_sq, x, c.T, alpha=-2.0) + x_sq[:, None]).clamp_min_(0.0)
+        for _, x, x_sq in points.chunks()
+    ]
+    return torch.cat(parts)
+
+
+def init_random(points: Points, k: int, gen: torch.Generator, comm: Comm) -> torch.Tensor:
+    offset, total = _layout(points, comm)
+    index = torch.randperm(total, generator=gen)[:k].to(points.device)
+    return _global_rows(points, index, comm, offset)
+
+
+def init_kmeans_pp(
+    points: Points, k: int, gen: torch.Generator, comm: Comm, trials: int | None = None
+) -> torch.Tensor:
+    """Greedy k-means++ (Arthur & Vassilvitskii 2007; scikit-learn's variant): each new centre
+    is the best of `trials` candidates drawn with probability proportional to D^2.
+
+    Every process draws the same uniform numbers from `gen`, and the candidate is located in
+    the concatenation of all shards, so the centres do not depend on the number of processes.
+    """
+    trials = trials or 2 + int(math.log(k))
+    offset, total = _layout(points, comm)
+    first = torch.randint(total, (1,), generator=gen).to(points.device)
+    centers = [_global_rows(points, first, comm, offset)]
+    closest = _sq_dist(points, centers[0])[:, 0]
+    potential = float(comm.sum_(closest.sum(dtype=torch.float64).reshape(1)))
+    for _ in range(1, k):
+        u = torch.rand(trials, generator=gen, dtype=torch.float64).to(points.device) * potential
+        # which process owns each draw, then which of its rows
+        local_pot = closest.sum(dtype=torch.float64).reshape(1)
+        pots = comm.gather(local_pot)
+        before = float(pots[: comm.rank].sum())
+        cum = torch.cumsum(closest.double(), 0) + before
+        index = torch.searchsorted(cum, u, right=True).clamp_(max=max(points.n - 1, 0))
+        mine = (u >= before) & (u < before + float(local_pot)) if points.n else u < -1
+        if comm.rank == comm.world - 1:  # draws at the very top (rounding) belong to the last
+            mine |= u >= before + float(local_pot)
+        cand = torch.zeros(trials, points.dim, dtype=torch.float64, device=points.device)
+        if mine.any():
+            cand[mine] = points.take(index[mine]).double()
+        cand = comm.sum_(cand).float()
+        new_closest = torch.minimum(closest[:, None], _sq_dist(points, cand))
+        new_pots = comm.sum_(new_closest.sum(0, dtype=torch.float64))
+        best = int(torch.argmin(new_pots))
+        centers.append(cand[best : best + 1])
+        closest, potential = new_closest[:, best].contiguous(), float(new_pots[best])
+    return torch.cat(centers)
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+@dataclass
+class Fit:
+    centers: torch.Tensor
+    labels: torch.Tensor  # this process's rows
+    inertia: float
+    n_iter: int
+    history: list[float] = field(default_factory=list)  # inertia at each assignment step
+    converged: bool = False
+
+
+def lloyd(
+    points: Points,
+    centers: torch.Tensor,
+    comm: Comm,
+    max_iter: int = 300,
+    tol: float = 0.0,
+    on_iter: Callable[[int, float], None] | None = None,
+) -> Fit:
+    """Lloyd iterations until labels stop changing, the centre shift (sum of squared moves)
+    is at most `tol`, or max_iter. Ends with an assignment to the final centres."""
+    history: list[float] = []
+    prev_labels = None
+    converged = False
+    it = 0
+    for it in range(1, max_iter + 1):
+        stats = assign(points, centers, comm)
+        history.append(stats.inertia)
+        if on_iter:
+            on_iter(it, stats.inertia)
+        changed = torch.ones(1, device=points.device)
+        if prev_labels is not None:
+            changed = comm.sum_((stats.labels != prev_labels).sum().double().reshape(1))
+        if float(changed) == 0:  # strict convergence: the assignment is a fixed point
+            converged = True
+            break
+        prev_labels = stats.labels
+        new = stats.sums / stats.counts.clamp_min(1)[:, None]
+        empty = torch.nonzero(stats.counts == 0).flatten()
+        if len(empty):
+            new[empty] = farthest(points, stats.mind, len(empty), comm).double()
+        new = new.float()
+        shift = float(((new - centers) ** 2).sum())
+        centers = new
+        if shift <= tol:
+            converged = True
+            break
+    final = assign(points, centers, comm)
+    return Fit(centers, final.labels, final.inertia, it, history, converged)
+
+
+def minibatch(
+    points: Points,
+    centers: torch.Tensor,
+    comm: Comm,
+    steps: int,
+    batch_size: int,
+    gen: torch.Generator,
+    on_iter: Callable[[int, float], None] | None = None,
+) -> Fit:
+    """Mini-batch k-means (Sculley 2010): each centre moves toward its batch mean with rate
+    batch count / total count seen. Each process draws its own batch; the batch sums and
+    counts are all-reduced. Only the batch is in memory, so a memmap can exceed RAM."""
+    k, d = centers.shape
+    centers = centers.double()
+    seen = torch.zeros(k, dtype=torch.float64, device=points.device)
+    for step in range(1, steps + 1):
+        index = torch.randint(points.n, (min(batch_size, points.n),), generator=gen)
+        x = points.take(index)
+        lab = torch.cdist(x, centers.float()).argmin(1)
+        sums = torch.zeros(k, d, dtype=torch.float64, device=points.device)
+        sums.index_add_(0, lab, x.double())
+        counts = torch.bincount(lab, minlength=k).double()
+        packed = comm.sum_(torch.cat([sums.flatten(), counts]))
+        sums, counts = packed[: k * d].view(k, d), packed[k * d :]
+        seen += counts
+        centers += (sums - counts[:, None] * centers) / seen.clamp_min(1)[:, None]
+        if on_iter and (step % 50 == 0 or step == steps):
+            on_iter(step, float("nan"))
+    final = assign(points, centers.float(), comm)
+    return Fit(centers.float(), final.labels, final.inertia, steps, [final.inertia], True)
+
+
+def fit(
+    points: Points,
+    k: int,
+    comm: Comm,
+    seed: int = 0,
+    n_init: int = 1,
+    init: str = "k-means++",
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    mode: str = "lloyd",
+    batch_size: int = 4096,
+    steps: int = 200,
+    on_iter: Callable[[int, int, float], None] | None = None,
+) -> Fit:
+    """Best of `n_init` runs (lowest inertia). `tol` is relative to the mean feature variance,
+    as in scikit-learn, so it means the same on any scale."""
+    tol_abs = tol * _mean_variance(points, comm) if tol > 0 else 0.0
+    best: Fit | None = None
+    for run in range(n_init):
+        gen = torch.Generator().manual_seed(seed * 1000 + run)
+        if init == "k-means++":
+            centers = init_kmeans_pp(points, k, gen, comm)
+        else:
+            centers = init_random(points, k, gen, comm)
+        hook = (lambda i, v, r=run: on_iter(r, i, v)) if on_iter else None
+        if mode == "minibatch":
+            # each process draws its own batches: seed with its rank
+            local = torch.Generator().manual_seed(seed * 1000 + run + 7919 * (comm.rank + 1))
+            result = minibatch(points, centers, comm, steps, batch_size, local, hook)
+        else:
+            result = lloyd(points, centers, comm, max_iter, tol_abs, hook)
+        if best is None or result.inertia < best.inertia:
+            best = result
+    assert best is not None
+    return best
+
+
+def _mean_variance(points: Points, comm: Comm) -> float:
+    s = torch.zeros(points.dim, dtype=torch.float64, device=points.device)
+    s2 = torch.zeros_like(s)
+    for _, x, _ in points.chunks():
+        s += x.sum(0, dtype=torch.float64)
+        s2 += (x.double() ** 2).sum(0)
+    n = comm.sum_(torch.tensor([float(points.n)], dtype=torch.float64, device=points.device))
+    s, s2 = comm.sum_(s), comm.sum_(s2)
+    var = s2 / n - (s / n) ** 2
+    return float(var.mean())

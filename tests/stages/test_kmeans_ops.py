@@ -1,0 +1,89 @@
+"""K-means as an EBM: monotone Lloyd steps, scikit-learn parity, free energies, edge cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from sklearn.datasets import load_digits, make_blobs
+from sklearn.preprocessing import StandardScaler
+
+from pipeline.stages import kmeans_ops as ops
+from pipeline.stages.dist import Comm
+from pipeline.stages.runner import run_stage
+
+CPU = torch.device("cpu")
+
+
+def _digits() -> np.ndarray:
+    return StandardScaler().fit_transform(load_digits().data).astype(np.float32)
+
+
+def test_inertia_never_increases_across_lloyd_steps():
+    points = ops.Points(_digits(), CPU, chunk=500)  # several chunks per pass
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        start = ops.init_random(points, 10, gen, Comm())  # random init: many steps to watch
+        fit = ops.lloyd(points, start, Comm(), max_iter=100, tol=0.0)
+        steps = [*fit.history, fit.inertia]
+        assert len(steps) > 10
+        for before, after in zip(steps, steps[1:]):
+            assert after <= before * (1 + 1e-9), (before, after)
+        assert steps[-1] < 0.8 * steps[0]
+
+
+def test_stage_matches_sklearn_on_standardised_digits(stage_cfg):
+    # the shipped recipe: standardised digits, k=10, n_init=10, k-means++
+    cfg = stage_cfg("configs/stages/kmeans.yaml", "log.plots=false")
+    assert (cfg.kmeans.k, cfg.kmeans.n_init, cfg.kmeans.init) == (10, 10, "k-means++")
+    ours = run_stage(cfg)["inertia"]
+    theirs = KMeans(10, init="k-means++", n_init=10, random_state=0).fit(_digits()).inertia_
+    assert abs(ours / theirs - 1) < 0.005, (ours, theirs)
+
+
+def test_soft_free_energy_tends_to_hard_as_beta_grows():
+    gen = torch.Generator().manual_seed(0)
+    y, w = torch.randn(300, 5, generator=gen), torch.randn(7, 5, generator=gen)
+    e = ops.energies(y, w)
+    assert torch.allclose(e, torch.cdist(y, w) ** 2, atol=1e-4)
+    hard = ops.free_energy(e).double()
+    gaps = []
+    for beta in (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0):
+        gap = hard - ops.free_energy(e, beta)
+        # -1/b log sum exp(-b E) lies in [min E - log(k)/b, min E]
+        assert (gap >= -1e-6).all() and (gap <= math.log(7) / beta + 1e-6).all()
+        gaps.append(float(gap.mean()))
+    assert all(a > b for a, b in zip(gaps, gaps[1:])), gaps
+    assert gaps[-1] < 1e-3 < gaps[0]
+
+
+def test_empty_cluster_moves_to_the_farthest_point():
+    x, _ = make_blobs(400, centers=[[0, 0], [10, 0]], cluster_std=0.5, random_state=0)
+    points = ops.Points(x.astype(np.float32), CPU)
+    start = torch.tensor([[0.0, 0.0], [10.0, 0.0], [1000.0, 1000.0]])  # the last owns no point
+    first = ops.assign(points, start, Comm())
+    assert first.counts[2] == 0
+    fit = ops.lloyd(points, start, Comm(), max_iter=50)
+    counts = torch.bincount(fit.labels, minlength=3)
+    assert (counts > 0).all()
+    assert fit.inertia < first.inertia
+
+
+def test_minibatch_close_to_lloyd_on_blobs():
+    x, _ = make_blobs(20000, centers=8, n_features=4, random_state=1)
+    points = ops.Points(x.astype(np.float32), CPU)
+    full = ops.fit(points, 8, Comm(), seed=0, n_init=2)
+    mini = ops.fit(points, 8, Comm(), seed=0, n_init=2, mode="minibatch", batch_size=512, steps=100)
+    assert mini.inertia < 1.02 * full.inertia, (mini.inertia, full.inertia)
+
+
+def test_memmap_rows_give_the_same_fit(tmp_path):
+    x = _digits()
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    a = ops.fit(ops.Points(x, CPU, chunk=300), 10, Comm(), seed=3)
+    b = ops.fit(ops.Points(mm, CPU, chunk=300), 10, Comm(), seed=3)
+    assert torch.allclose(a.centers, b.centers, atol=1e-5)
+    assert math.isclose(a.inertia, b.inertia, rel_tol=1e-6)
