@@ -145,6 +145,11 @@ def load(source: Source, streaming: bool = False) -> Any:
         )
     except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as err:
         raise DataError(f"cannot load dataset {source.describe()!r}: {err}") from None
+    except datasets.exceptions.DatasetGenerationError as err:
+        # e.g. a malformed JSON line: the root cause names the row
+        cause = err.__cause__ or err.__context__ or err
+        reason = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+        raise DataError(f"cannot read {source.describe()!r}: {reason}") from None
     except ValueError as err:
         if "split" in str(err).lower():
             raise DataError(f"dataset {source.describe()!r}: {err}") from None

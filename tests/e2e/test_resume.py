@@ -54,3 +54,28 @@ def test_resume_is_bitwise_identical(tmp_path, nproc):
     assert a[STEPS] < a[1]  # and it learned something
     pa, pb = final_params(straight), final_params(broken)
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_streaming_resume_continues_the_stream(tmp_path):
+    """data.streaming=true: the stream position is in the checkpoint; no batch repeated or skipped."""
+    from pipeline.data.embedded import materialize
+
+    lines = Path(materialize("bible")["train"]).read_text().splitlines()[:150]
+    data = tmp_path / "docs.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    args = [
+        *ARGS,
+        f"data.path={data}",
+        "data.streaming=true",
+        "train.max_steps=8",
+        "train.checkpoint_every=4",
+    ]
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    run_cli([*args, "--output-dir", str(straight)])
+    killed = run_cli(
+        [*args, "--output-dir", str(broken)], check=False, PIPELINE_FAULT="after_checkpoint@4"
+    )
+    assert killed.returncode != 0
+    run_cli([*args, "--output-dir", str(broken)])
+    a, b = losses_by_step(straight), losses_by_step(broken)
+    assert sorted(a) == list(range(1, 9)) and a == b
