@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from pipeline.data.packing import pack_ids
 
@@ -27,3 +28,26 @@ def test_documents_are_separated_by_sep():
         [CLS, 15, 16, SEP, SEP],
     ]
     assert dropped == 0
+
+
+def test_second_preparation_reads_the_cache(tmp_path, monkeypatch):
+    import datasets
+
+    from pipeline.data.packing import packed_blocks
+    from pipeline.data.tokenizer import train_wordpiece
+
+    texts = [f"chapter {i} and the words of the chapter number {i}" for i in range(300)]
+    tok = train_wordpiece(texts, vocab_size=100)
+    ds = datasets.Dataset.from_dict({"text": texts})
+    first = packed_blocks(ds, tok, "text", 16, "fingerprint-a", cache_dir=tmp_path)
+    assert len(first) > 0 and len(list((tmp_path).iterdir())) == 1
+
+    def no_map(*args, **kwargs):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(datasets.Dataset, "map", no_map)
+    second = packed_blocks(ds, tok, "text", 16, "fingerprint-a", cache_dir=tmp_path)
+    assert second["input_ids"] == first["input_ids"]
+    # another block size is another cache entry
+    with pytest.raises(AssertionError, match="cache should have been used"):
+        packed_blocks(ds, tok, "text", 32, "fingerprint-a", cache_dir=tmp_path)
