@@ -108,6 +108,8 @@ def packed_blocks(
         desc=f"tokenize+pack into {block_size}-token blocks",
         new_fingerprint=folder.name,
     )
+    if len(blocks) == 0:  # shorter than one block: the caller says so (0 shards cannot reload)
+        return blocks
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     blocks.save_to_disk(str(tmp))
     try:

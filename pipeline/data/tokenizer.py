@@ -65,6 +65,8 @@ def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    if name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().exists():
+        raise DataError(f"tokenizer.name_or_path={name_or_path!r} does not exist")
     try:
         # trust_remote_code stays off: a tokenizer never runs code from a download
         return AutoTokenizer.from_pretrained(name_or_path)
