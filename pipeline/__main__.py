@@ -22,6 +22,8 @@ COMMAND_MODULES = [
     "pipeline.commands.slurm",
     "pipeline.commands.stage",
     "pipeline.commands.run",
+    "pipeline.commands.finetune",
+    "pipeline.commands.publish",
 ]
 
 
@@ -32,8 +34,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.engine.checkpoint import CheckpointError
     from pipeline.engine.setup import SetupError
     from pipeline.export import ExportError
+    from pipeline.hub import HubError
 
-    return (ConfigError, DataError, SetupError, CheckpointError, ExportError)
+    return (ConfigError, DataError, SetupError, CheckpointError, ExportError, HubError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,10 @@ def train(cfg: Any) -> dict[str, float]:
     # ---- cheap checks first: nothing is tokenized or built before they pass
     world = setup.launched_world_size()
     accum = setup.accumulation_steps(cfg.train, world)
+    if cfg.train.push_to_hub:  # token, repo name, online: fail now, not after training
+        from pipeline.hub import check_can_publish
+
+        check_can_publish(cfg.train.push_to_hub, export=cfg.train.export)
     setup.prepare_run_dir(run_dir)
     if cfg.train.resume != "never":
         setup.check_resume_compatible(run_dir, resolved)
@@ -235,6 +239,11 @@ def train(cfg: Any) -> dict[str, float]:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     stop.restore()
+    if cfg.train.push_to_hub and ctx.is_main:
+        # after the last barrier, so a long upload keeps no other process waiting
+        from pipeline.hub import publish
+
+        publish(run_dir / "export", cfg.train.push_to_hub)
     return last_eval
 
 
