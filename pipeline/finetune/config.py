@@ -1,0 +1,119 @@
+"""The schema of a fine-tuning run: `python -m pipeline finetune EXPORT_DIR CONFIG key=value ...`.
+
+Same shape as a training run (optim, train, engine and log sections are the training ones, with
+the same defaults: set fine-tuning values such as a small lr in the recipe), so the one engine
+runs it; only data and model differ. Field docstrings are the `--help` text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pipeline.finetune import objective as _objective  # noqa: F401  (registers `seqcls`)
+from pipeline.objectives.base import ObjectiveConfig
+from pipeline.train_config import EngineConfig, LogConfig, OptimConfig, TrainConfig
+
+
+@dataclass
+class FinetuneDataConfig:
+    path: list[str] = field(default_factory=lambda: ["embedded:bible"])
+    """Hub dataset name, local file(s) (.json .jsonl .csv .parquet), a folder, or
+    `embedded:bible` (one row per Bible chapter with book, section and testament columns)."""
+    name: str | None = None
+    """Hub dataset configuration, as `datasets.load_dataset(path, name)`."""
+    split: str = "train"
+    """Split to fine-tune on."""
+    eval_path: list[str] | None = None
+    """Held-out file(s), or `split:NAME` for another split of data.path (e.g. split:test);
+    default: the embedded corpus's validation chapters, else data.eval_fraction of train."""
+    eval_fraction: float = 0.1
+    """Fraction of training rows held out when there is no data.eval_path (and no embedded
+    validation split)."""
+    text_column: str = "text"
+    """Column holding the text to classify."""
+    label_column: str = "label"
+    """Column holding the class: integers (class ids) or strings (class names)."""
+    labels: list[str] | None = None
+    """Class names in class-id order. Default: the dataset's ClassLabel names, else for string
+    labels their sorted distinct values, else the integers 0..max."""
+    chunk_words: int = 0
+    """Cut each text into consecutive pieces of this many words, each keeping its row's label
+    (a trailing piece under half this length is dropped); 0 = whole texts."""
+    max_length: int = 128
+    """Tokens per example after truncation, [CLS] and [SEP] included."""
+    max_train_examples: int | None = None
+    """Fine-tune on at most this many (shuffled, seeded) training examples."""
+    max_eval_examples: int = 4096
+    """Evaluate on at most this many (shuffled, seeded) held-out examples."""
+    num_workers: int = 0
+    """DataLoader worker processes (0 = in the training process)."""
+
+    @property
+    def streaming(self) -> bool:
+        """The engine asks; labelled data is always map-style (it is small and needs a label map)."""
+        return False
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.path:
+            problems.append("path must name at least one source")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            problems.append(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.chunk_words < 0:
+            problems.append(f"chunk_words must be >= 0, got {self.chunk_words}")
+        if self.max_length < 4:
+            problems.append(f"max_length must be at least 4, got {self.max_length}")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            problems.append(f"labels must be distinct, got {self.labels}")
+        if self.labels is not None and len(self.labels) < 2:
+            problems.append(f"labels must name at least 2 classes, got {self.labels}")
+        if self.max_train_examples is not None and self.max_train_examples < 1:
+            problems.append(f"max_train_examples must be >= 1, got {self.max_train_examples}")
+        if self.max_eval_examples < 1:
+            problems.append(f"max_eval_examples must be >= 1, got {self.max_eval_examples}")
+        if self.num_workers < 0:
+            problems.append(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.text_column == self.label_column:
+            problems.append("text_column and label_column must differ")
+        return problems
+
+
+@dataclass
+class FinetuneModelConfig:
+    from_pretrained: str = ""
+    """The pretrained export to start from (a Hugging Face folder or Hub name); the EXPORT_DIR
+    argument of `python -m pipeline finetune` sets it."""
+    init: Literal["pretrained", "random"] = "pretrained"
+    """pretrained: load the export's encoder weights; random: the same architecture with fresh
+    weights (the baseline that shows what pretraining is worth)."""
+    classifier_dropout: float | None = None
+    """Dropout before the classification layer (default: the model's hidden dropout)."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.from_pretrained:
+            problems.append("from_pretrained is required (the EXPORT_DIR argument sets it)")
+        if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
+            problems.append(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
+        return problems
+
+
+def _seqcls_default() -> ObjectiveConfig:
+    from pipeline import registry
+
+    return registry.config_class("objective", "seqcls")()
+
+
+@dataclass
+class FinetuneConfig:
+    output_dir: str = "runs/finetune"
+    """Run folder: config.yaml, metrics.jsonl, checkpoints/, plots/, export/."""
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
+    objective: ObjectiveConfig = field(default_factory=_seqcls_default)
+    """Fine-tuning objective by name (seqcls), with its own fields."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    log: LogConfig = field(default_factory=LogConfig)

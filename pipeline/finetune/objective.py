@@ -1,0 +1,192 @@
+"""Sequence classification on the training engine: a stock `AutoModelForSequenceClassification`
+started from a pretrained export (or, as a baseline, the same architecture freshly initialised).
+
+The forward returns the cross-entropy loss and per-class counts (see `finetune.metrics`), from
+which `summarize` derives loss, accuracy and macro-F1 over all processes. The export is a plain
+`save_pretrained` folder with the tokenizer and `id2label`, so `pipeline("text-classification")`
+loads it as is.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline import registry
+from pipeline.data.sources import DataError
+from pipeline.engine.context import RunContext
+from pipeline.engine.metrics import transformer_flops_per_token
+from pipeline.finetune import metrics as cls_metrics
+from pipeline.objectives.base import Datasets, Objective, ObjectiveConfig
+
+log = logging.getLogger("pipeline")
+
+
+class SequenceClassifier(nn.Module):
+    """Wraps the stock model; forward returns (loss, counts) for the engine."""
+
+    def __init__(self, model: nn.Module, num_labels: int, label_smoothing: float = 0.0):
+        super().__init__()
+        self.model = model
+        self.num_labels = num_labels
+        self.label_smoothing = label_smoothing
+
+    def forward(self, input_ids, attention_mask, labels, weight):
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        losses = F.cross_entropy(
+            logits, labels, reduction="none", label_smoothing=self.label_smoothing
+        )
+        w = weight.float()
+        loss = (losses * w).sum() / w.sum().clamp(min=1.0)
+        return loss, cls_metrics.counts(logits, labels, losses, w, self.num_labels)
+
+
+def load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    try:
+        # trust_remote_code stays off: a tokenizer never runs code from a download
+        tok = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise DataError(
+            f"model.from_pretrained={source!r} has no loadable tokenizer: {err}"
+        ) from None
+    if tok.pad_token_id is None:
+        raise DataError(f"the tokenizer of {source!r} has no pad token; fine-tuning pads batches")
+    return tok
+
+
+def load_pretrained(source: str, config, is_main: bool) -> nn.Module:
+    """The export's encoder under a fresh classification head.
+
+    A masked-LM export has no pooler and no classifier: those start fresh (from the seeded
+    global RNG) and its LM head is dropped. Any *other* missing weight means the export does
+    not match its config, which would silently fine-tune a half-random model: refused."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report lists the expected head swap as alarms
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            source, config=config, output_loading_info=True
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    fresh = [k for k in info["missing_keys"] if "pooler" in k or k.startswith("classifier.")]
+    missing = sorted(set(info["missing_keys"]) - set(fresh))
+    if missing:
+        raise DataError(
+            f"model.from_pretrained={source!r} lacks encoder weights {missing[:4]} "
+            f"({len(missing)} missing); is it an export of this architecture?"
+        )
+    if is_main:
+        log.info(
+            "loaded the encoder of %s; new: %s; dropped: %d pretraining-head tensors",
+            source, ", ".join(sorted(fresh)) or "none", len(info["unexpected_keys"]),
+        )  # fmt: skip
+    return model
+
+
+@registry.register("objective", "seqcls")
+class SequenceClassification(Objective):
+    @dataclass
+    class Config(ObjectiveConfig):
+        name: str = "seqcls"
+        label_smoothing: float = 0.0
+        """Cross-entropy label smoothing (0 = plain cross-entropy)."""
+
+        def validate(self) -> list[str]:
+            if not 0.0 <= self.label_smoothing < 1.0:
+                return [f"label_smoothing must be in [0, 1), got {self.label_smoothing}"]
+            return []
+
+    def build_data(self, ctx: RunContext) -> Datasets:
+        from pipeline.finetune.data import PaddedEval, load_labelled
+
+        tok = load_tokenizer(ctx.cfg.model.from_pretrained)
+        ctx.tokenizer = tok
+        self.pad_id = tok.pad_token_id
+        data = load_labelled(ctx, tok)
+        self.labels = data.labels
+        self.mean_length = data.mean_length
+        micro_total = ctx.cfg.train.micro_batch_size * ctx.world_size
+        if len(data.train) < micro_total:
+            raise DataError(
+                f"{len(data.train)} training examples are fewer than one batch of "
+                f"{micro_total} (train.micro_batch_size x processes)"
+            )
+        ev = PaddedEval(data.eval, micro_total) if data.eval is not None else None
+        if ctx.is_main:
+            log.info(
+                "fine-tuning on %d examples (%d held out), %d classes: %s",
+                len(data.train), data.eval.num_rows if data.eval is not None else 0,
+                len(self.labels), ", ".join(self.labels),
+            )  # fmt: skip
+        return Datasets(data.train, ev, tokens_per_example=round(self.mean_length))
+
+    def build_module(self, ctx: RunContext) -> nn.Module:
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        mcfg = ctx.cfg.model
+        id2label = dict(enumerate(self.labels))
+        extra = {}
+        if mcfg.classifier_dropout is not None:
+            extra["classifier_dropout"] = mcfg.classifier_dropout
+        try:
+            config = AutoConfig.from_pretrained(
+                mcfg.from_pretrained,
+                num_labels=len(self.labels),
+                id2label=id2label,
+                label2id={v: k for k, v in id2label.items()},
+                problem_type="single_label_classification",
+                **extra,
+            )
+        except (OSError, ValueError) as err:
+            raise DataError(f"model.from_pretrained={mcfg.from_pretrained!r}: {err}") from None
+        if mcfg.init == "pretrained":
+            model = load_pretrained(mcfg.from_pretrained, config, ctx.is_main)
+        else:
+            model = AutoModelForSequenceClassification.from_config(config)
+        if model.config.max_position_embeddings < ctx.cfg.data.max_length:
+            raise DataError(
+                f"data.max_length={ctx.cfg.data.max_length} exceeds the model's "
+                f"max_position_embeddings={model.config.max_position_embeddings}"
+            )
+        return SequenceClassifier(model, len(self.labels), self.cfg.label_smoothing)
+
+    def collate(self, examples: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        rows = examples["input_ids"]
+        longest = max(len(r) for r in rows)
+        ids = torch.full((len(rows), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        weight = examples.get("weight") or [1.0] * len(rows)
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": torch.as_tensor(examples["label"], dtype=torch.long),
+            "weight": torch.as_tensor(weight, dtype=torch.float),
+        }
+
+    def flops_per_example(self, module: nn.Module) -> float:
+        cfg = module.model.config
+        n_params = sum(p.numel() for p in module.parameters())
+        seq = max(1, round(self.mean_length))
+        return seq * transformer_flops_per_token(
+            n_params, cfg.num_hidden_layers, cfg.hidden_size, seq
+        )
+
+    def summarize(self, metrics: dict[str, float]) -> dict[str, float]:
+        return cls_metrics.from_counts(metrics, len(self.labels))
+
+    def export(self, module: nn.Module, folder: str, ctx: RunContext) -> None:
+        module.model.save_pretrained(folder, safe_serialization=True)
+        if ctx.tokenizer is not None:
+            ctx.tokenizer.save_pretrained(folder)
