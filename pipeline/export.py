@@ -26,6 +26,16 @@ def export_module(
 ) -> Path:
     """Collective (every process calls it; sharded weights are gathered); main writes."""
     folder = ctx.run_dir / "export"
+    if accelerator.distributed_type == "DEEPSPEED":
+        from pipeline.engine.deepspeed import export_copy
+
+        # ZeRO-3 parameters are shards and bf16 ones are not the fp32 master: export a fresh
+        # copy holding the gathered fp32 master weights
+        copy = export_copy(objective, accelerator, module, ctx)
+        if ctx.is_main:
+            _write(objective, copy, folder, ctx)
+        accelerator.wait_for_everyone()
+        return folder
     state = accelerator.get_state_dict(module)  # full weights, gathered under ZeRO-3
     if ctx.is_main:
         unwrapped = accelerator.unwrap_model(module)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from pipeline.cli import command, config_parser, load_run_config
@@ -34,7 +35,8 @@ def finetune_command(argv: list[str]) -> int:
     from pipeline.engine.train import train
 
     result = train(cfg)
-    print(json.dumps({k: round(v, 4) for k, v in result.items()}))
+    if int(os.environ.get("RANK", "0")) == 0:  # the held-out metrics, once
+        print(json.dumps({k: round(v, 4) for k, v in result.items()}))
     return 0
 
 

@@ -164,10 +164,9 @@ def load(accelerator: Any, folder: Path) -> tuple[dict[str, Any], dict[str, Any]
     trainer_state = json.loads((folder / TRAINER_STATE).read_text())
     saved_world = trainer_state.get("world_size")
     if saved_world != accelerator.num_processes:
-        raise CheckpointError(
-            f"{folder} was written by {saved_world} processes, this run has "
-            f"{accelerator.num_processes}; exact resume needs the same process count"
-        )
+        # another process count: train.py loaded the consolidated weights before prepare
+        # (engine/elastic.py); optimizer moments and per-process RNG start afresh
+        return trainer_state, {}
     accelerator.load_state(str(folder))
     rank_file = folder / f"rank-{accelerator.process_index}.pt"
     rank_state = load_tensors(rank_file)

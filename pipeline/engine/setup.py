@@ -102,6 +102,12 @@ def make_accelerator(cfg: Any, run_dir: Path, accumulation: int) -> Accelerator:
         from pipeline.engine.deepspeed import make_plugin
 
         plugin = make_plugin(cfg, accumulation)
+    elif os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        # else Accelerate would build its own DeepSpeed setup from the environment
+        raise SetupError(
+            "launched with an accelerate DeepSpeed config but engine.strategy=ddp; add "
+            "engine.strategy=deepspeed (the DeepSpeed JSON then comes from the accelerate config)"
+        )
     accelerator = Accelerator(
         # on CPU, Accelerate runs ONE process unless told cpu=True; but cpu=True with
         # DeepSpeed silently falls back to DDP, so DeepSpeed keeps cpu=False

@@ -15,9 +15,10 @@ from tqdm.auto import tqdm
 
 from pipeline import config as config_lib
 from pipeline import registry
-from pipeline.engine import checkpoint, setup
+from pipeline.engine import checkpoint, elastic, setup
 from pipeline.engine.batches import StepBatches, StreamBatches, eval_batches, micro_batches
 from pipeline.engine.context import RunContext
+from pipeline.engine.memory import peak_memory_by_rank
 from pipeline.engine.metrics import Averager, MetricsLog, peak_flops, peak_memory_mb
 from pipeline.engine.signals import PREEMPTED, StopFlag
 
@@ -59,6 +60,13 @@ def train(cfg: Any) -> dict[str, float]:
     data = objective.build_data(ctx)
     torch.manual_seed(cfg.train.seed)
     module = objective.build_module(ctx)
+    if elastic.needs_weights_only(resume_from, ctx.world_size):
+        # another process count: full weights now, before sharding; fresh optimizer (elastic.py)
+        elastic.load_weights(module, resume_from, ctx.world_size, bool(cfg.train.global_batch_size))
+    if cfg.engine.strategy == "deepspeed":
+        from pipeline.engine.deepspeed import fill_model_sizes
+
+        fill_model_sizes(accelerator, module)  # "auto" bucket sizes follow the hidden size
     optimizer = setup.build_optimizer(module, cfg.optim, accelerator.device)
     scheduler = setup.build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
     # the scheduler is stepped by us once per optimizer step (Accelerate's wrapper would step
@@ -151,6 +159,8 @@ def train(cfg: Any) -> dict[str, float]:
             batch = _to(next(batch_iter), accelerator.device)
             # gradients are all-reduced only on the last micro batch of a step
             sync = contextlib.nullcontext() if j == accum - 1 else accelerator.no_sync(module)
+            # DeepSpeed reduces and steps inside backward when this is True: last micro batch only
+            accelerator.sync_gradients = j == accum - 1
             with sync, accelerator.autocast():
                 loss, metrics = module(**batch)
                 accelerator.backward(loss)  # Accelerate divides by the accumulation steps
@@ -191,6 +201,7 @@ def train(cfg: Any) -> dict[str, float]:
             m.update(lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=tokens_seen,
                      tokens_per_s=tokens_per_step * steps_since_log / dt,
                      step_time_s=dt / steps_since_log, peak_mem_mb=peak_memory_mb(accelerator.device))  # fmt: skip
+            m.update(peak_memory_by_rank(accelerator))  # collective: max and per process
             if peak and flops_per_step:
                 m["mfu"] = flops_per_step * steps_since_log / dt / (peak * ctx.world_size)
             metrics_log.write(step, "train", m)
@@ -224,6 +235,7 @@ def train(cfg: Any) -> dict[str, float]:
         if ctx.is_main:
             log.warning("stopped by %s at step %d; checkpoint saved, exit %d asks for a requeue",
                         stop.signal_name, step, PREEMPTED)  # fmt: skip
+        accelerator.free_memory()  # DeepSpeed: tear the engine down before its process group
         accelerator.end_training()
         raise SystemExit(PREEMPTED)
     if not last_eval or cfg.train.eval_every == 0 or step % cfg.train.eval_every:
@@ -237,6 +249,7 @@ def train(cfg: Any) -> dict[str, float]:
 
         training_curves(run_dir)
     accelerator.wait_for_everyone()
+    accelerator.free_memory()  # DeepSpeed: tear the engine down before its process group
     accelerator.end_training()
     stop.restore()
     if cfg.train.push_to_hub and ctx.is_main:
@@ -254,7 +267,8 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 
 def _clip(accelerator: Any, module: torch.nn.Module, max_norm: float) -> float:
-    if max_norm > 0:
+    # DeepSpeed clips inside its step (to gradient_clipping) and reports the norm here
+    if max_norm > 0 or accelerator.distributed_type == "DEEPSPEED":
         norm = accelerator.clip_grad_norm_(module.parameters(), max_norm)
     else:
         grads = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]

@@ -48,6 +48,8 @@ class FinetuneDataConfig:
     """Evaluate on at most this many (shuffled, seeded) held-out examples."""
     num_workers: int = 0
     """DataLoader worker processes (0 = in the training process)."""
+    pin_memory: bool = True
+    """Page-locked host batches for asynchronous copies to the GPU (CUDA only)."""
 
     @property
     def streaming(self) -> bool:

@@ -117,3 +117,24 @@ def test_config_errors_are_collected():
     assert "model.init must be one of 'pretrained', 'random'" in text
     with pytest.raises(ConfigError, match="from_pretrained is required"):
         load_config(FinetuneConfig, ROOT / "configs/finetune/bible-sections.yaml")
+
+
+def test_finetune_command_refuses_a_folder_that_is_not_an_export(tmp_path):
+    from pipeline.commands.finetune import finetune_command
+
+    recipe = str(ROOT / "configs/finetune/bible-sections.yaml")
+    with pytest.raises(DataError, match=r"EXPORT_DIR '.*run' is not a Hugging Face folder"):
+        finetune_command([str(tmp_path / "run"), recipe, "--output-dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_finetune_config_has_every_data_key_the_engine_reads():
+    """The engine is shared: a `cfg.data.X` it starts reading must exist for fine-tuning too."""
+    import re
+
+    from pipeline.finetune.config import FinetuneDataConfig
+
+    engine = "\n".join(p.read_text() for p in (ROOT / "pipeline/engine").glob("*.py"))
+    read = set(re.findall(r"cfg\.data\.([a-z_]+)", engine))
+    assert read, "the engine reads no data keys?"
+    assert [k for k in sorted(read) if not hasattr(FinetuneDataConfig(), k)] == []
