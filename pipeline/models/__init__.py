@@ -1,3 +1,3 @@
 """Model builders; importing this package registers every model."""
 
-from pipeline.models import bert  # noqa: F401
+from pipeline.models import bert, energy  # noqa: F401

@@ -1,3 +1,3 @@
 """Objectives; importing this package registers every objective."""
 
-from pipeline.objectives import mlm  # noqa: F401
+from pipeline.objectives import cd, infonce, mlm, nce  # noqa: F401

@@ -1,0 +1,172 @@
+"""What the point-data energy objectives (cd, nce) share: data, exact 2-D evaluation, plots,
+export. Each objective adds its loss (an `EnergyModule` subclass) and its own config fields.
+
+Imported through `pipeline.objectives` (the registry), which cd.py and nce.py are part of."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from pipeline import config as config_lib
+from pipeline import registry
+from pipeline.config import ConfigError
+from pipeline.ebm import plots
+from pipeline.ebm.data import PointData, load_points
+from pipeline.ebm.export import EXPORT_CONFIG
+from pipeline.ebm.module import EnergyModule
+from pipeline.ebm.quadrature import Grid, grid_energies
+from pipeline.engine.context import RunContext
+from pipeline.engine.setup import accumulation_steps
+from pipeline.objectives.base import Datasets, Objective, ObjectiveConfig
+
+
+@dataclass
+class EnergyConfig(ObjectiveConfig):
+    num_train: int = 20000
+    """Points drawn from a built-in toy (data.path=toy:NAME) for training."""
+    num_eval: int = 5000
+    """Held-out points drawn from a built-in toy for evaluation."""
+    ema: float = 0.995
+    """Decay of the weight average used for evaluation, plots and export (0 = raw weights)."""
+    density_metrics: bool | Literal["auto"] = "auto"
+    """Exact nll/kl/tv by quadrature: auto = for 2-D data; true = required (2-D data only)."""
+    grid_size: int = 200
+    """Quadrature grid points per axis."""
+    grid_margin: float = 0.25
+    """The grid covers the data's bounding box widened by this fraction of its span per side."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.num_train < 1 or self.num_eval < 1:
+            problems.append("num_train and num_eval must be >= 1")
+        if not 0.0 <= self.ema < 1.0:
+            problems.append(f"ema must be in [0, 1), got {self.ema}")
+        if self.grid_size < 16:
+            problems.append(f"grid_size must be >= 16, got {self.grid_size}")
+        if self.grid_margin < 0:
+            problems.append(f"grid_margin must be >= 0, got {self.grid_margin}")
+        return problems
+
+
+class EnergyObjective(Objective):
+    cfg: EnergyConfig
+
+    # ---- data
+    def build_data(self, ctx: RunContext) -> Datasets:
+        d = ctx.cfg.data
+        self.data: PointData = load_points(
+            d.path, d.eval_path, self.cfg.num_train, self.cfg.num_eval, d.eval_fraction,
+            ctx.cfg.train.seed,
+        )  # fmt: skip
+        self.shape = self.data.train.shape
+        self.grid, self.true_grid_logp = self._grid(ctx)
+        self.check_data(ctx)
+        return Datasets(self.data.train, self.data.eval)
+
+    def check_data(self, ctx: RunContext) -> None:
+        """Objective-specific checks of data against config (raise ConfigError)."""
+
+    def _grid(self, ctx: RunContext) -> tuple[Grid | None, torch.Tensor | None]:
+        two_d = self.shape == (2,)
+        wanted = self.cfg.density_metrics
+        if wanted is False or (wanted == "auto" and not two_d):
+            return None, None
+        if not two_d:
+            raise ConfigError(
+                [
+                    f"objective.density_metrics=true needs 2-D points, but data.path="
+                    f"{','.join(ctx.cfg.data.path)} gives examples of shape {self.shape}; "
+                    "use density_metrics=auto or false"
+                ]
+            )
+        points = torch.cat([self.data.train.x, self.data.eval.x])
+        grid = Grid.around(points, self.cfg.grid_margin, self.cfg.grid_size)
+        true = self.data.toy.log_prob(grid.points().double()) if self.data.toy else None
+        return grid, true
+
+    # ---- model
+    def build_energy(self, ctx: RunContext) -> nn.Module:
+        if not hasattr(self, "data"):  # offline export builds the module without the loop
+            self.build_data(ctx)
+        model_cls = registry.get("model", ctx.cfg.model.name)
+        if not getattr(model_cls, "is_energy_model", False):
+            energy_models = [
+                n for n in registry.names("model")
+                if getattr(registry.get("model", n), "is_energy_model", False)
+            ]  # fmt: skip
+            raise ConfigError(
+                [
+                    f"objective {self.cfg.name} needs an energy model, got model.name="
+                    f"{ctx.cfg.model.name}; choices: {', '.join(energy_models)}"
+                ]
+            )
+        try:
+            return model_cls.build(ctx.cfg.model, input_shape=self.shape)
+        except ValueError as err:
+            raise ConfigError([str(err)]) from None
+
+    def finish_module(self, module: EnergyModule, ctx: RunContext) -> EnergyModule:
+        module.accumulation = accumulation_steps(ctx.cfg.train, ctx.world_size)
+        module.set_grid(self.grid, self.true_grid_logp)
+        return module
+
+    def collate(self, examples: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return dict(examples)
+
+    # ---- outputs
+    def summarize(self, metrics: dict[str, float]) -> dict[str, float]:
+        return metrics
+
+    def plot_negatives(self, module: EnergyModule) -> torch.Tensor | None:
+        return None
+
+    def plots(self, module: nn.Module, ctx: RunContext, step: int) -> None:
+        if not ctx.is_main or not ctx.cfg.log.plots:
+            return
+        negatives = self.plot_negatives(module)
+        if self.grid is not None:
+            e = grid_energies(module.scorer, self.grid)
+            plots.density_panels(
+                ctx.plots_dir / f"energy_step{step:06d}.png", self.grid, e, self.data.train.x,
+                negatives, self.true_grid_logp, f"{self.cfg.name} step {step}",
+            )  # fmt: skip
+        elif len(self.shape) == 3 and negatives is not None:
+            plots.image_grid(
+                ctx.plots_dir / f"samples_step{step:06d}.png", negatives,
+                f"{self.cfg.name} Langevin samples, step {step}",
+            )  # fmt: skip
+
+    def export_extra(self, module: EnergyModule) -> dict:
+        return {}
+
+    def export(self, module: nn.Module, folder: str, ctx: RunContext) -> None:
+        """model.safetensors (the weight-averaged energy) + energy_config.json; reload with
+        `pipeline.ebm.export.load_energy(folder)`."""
+        scorer = module.scorer
+        state = {
+            k: v.detach().cpu().contiguous() for k, v in module.export_net().state_dict().items()
+        }
+        save_file(state, f"{folder}/model.safetensors")
+        info = {
+            "format": "pipeline-energy",
+            "objective": self.cfg.name,
+            "model": config_lib.to_dict(ctx.cfg.model),
+            "input_shape": list(self.shape),
+            "density": "p(x) = exp(-E(x) - log_z)",
+            "weights": "exponential moving average" if module.ema is not None else "raw",
+        }
+        if self.grid is not None:
+            e = grid_energies(scorer, self.grid)
+            log_z = torch.logsumexp(-e, 0) + math.log(self.grid.cell_area)
+            info["log_z"] = float(log_z)
+            info["grid"] = {"lo": self.grid.lo, "hi": self.grid.hi, "size": self.grid.size}
+        info.update(self.export_extra(module))
+        with open(f"{folder}/{EXPORT_CONFIG}", "w") as fh:
+            json.dump(info, fh, indent=1)

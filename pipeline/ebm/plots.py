@@ -1,0 +1,67 @@
+"""Pictures of energy models (matplotlib Agg, PNG): cheap enough to run at every evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline.ebm.quadrature import Grid  # noqa: E402
+
+
+def density_panels(
+    path: Path,
+    grid: Grid,
+    grid_energy: torch.Tensor,
+    data: torch.Tensor,
+    negatives: torch.Tensor | None = None,
+    true_log_p: torch.Tensor | None = None,
+    title: str = "",
+    max_points: int = 1000,
+) -> None:
+    """Energy and normalised density heatmaps, data (white) and negatives (red) overlaid,
+    and the true density when known."""
+    n = grid.size
+    extent = (grid.lo[0], grid.hi[0], grid.lo[1], grid.hi[1])
+    e = grid_energy.double().view(n, n)
+    log_p = -e - torch.logsumexp(-e.flatten(), 0)
+    panels = [("energy E(x)", e), ("model density", log_p.exp())]
+    if true_log_p is not None:
+        panels.append(("true density", true_log_p.double().view(n, n).exp()))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2))
+    d = data[:max_points].cpu()
+    for ax, (name, img) in zip(axes, panels):
+        ax.imshow(img.numpy(), origin="lower", extent=extent, cmap="viridis", aspect="equal")
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0].scatter(d[:, 0], d[:, 1], s=1, c="white", alpha=0.5, label="data")
+    if negatives is not None and len(negatives):
+        neg = negatives[:max_points].cpu()
+        axes[0].scatter(neg[:, 0], neg[:, 1], s=1, c="red", alpha=0.5, label="negatives")
+        axes[0].legend(loc="upper right", fontsize=7, markerscale=5)
+    axes[0].set_xlim(extent[0], extent[1])
+    axes[0].set_ylim(extent[2], extent[3])
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def image_grid(path: Path, images: torch.Tensor, title: str = "", columns: int = 8) -> None:
+    """A grid of samples (B, C, H, W) with values in [0, 1], e.g. Langevin digits."""
+    images = images[: columns * columns].detach().float().cpu().clamp(0, 1)
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9, rows * 0.9))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img in zip(axes.flat, images):
+        ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
