@@ -88,8 +88,9 @@ def export_run(run_dir: str | Path, checkpoint_dir: str | Path | None = None) ->
     objective = registry.get("objective", cfg.objective.name)(cfg.objective)
     module = objective.build_module(ctx)
     missing, unexpected = module.load_state_dict(state, strict=False)
-    # a tied decoder weight may be absent from the file: it is the embedding matrix
-    missing = [k for k in missing if not k.endswith("decoder.weight")]
+    # BERT's decoder shares its weight with the word embeddings and its bias with the head's
+    # bias; safetensors stores each shared tensor once, so the tied names may be absent
+    missing = [k for k in missing if not k.endswith(("decoder.weight", "decoder.bias"))]
     if missing or unexpected:
         raise ExportError(f"{weights}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     _write(objective, module, run_dir / "export", ctx)
