@@ -204,7 +204,7 @@ def _csv(p: Path, cfg: DataConfig) -> ArrayData:
     labels = None
     if cfg.label_column and cfg.label_column in frame.columns:
         labels = label_codes(frame.pop(cfg.label_column).to_numpy())
-    bad = [c for c in frame.columns if not np.issubdtype(frame[c].dtype, np.number)]
+    bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if bad:
         raise DataError(f"data file {str(p)!r}: column {bad[0]!r} is not numeric")
     return ArrayData(frame.to_numpy(dtype=np.float32), labels, None, str(p))

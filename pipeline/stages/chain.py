@@ -8,7 +8,7 @@ run folder of the step named by its `input`.
 A step is complete when its folder holds `chain-step.json` whose fingerprint matches the
 step's resolved config (and its upstream's fingerprint), and its outputs check out (stage:
 outputs/ manifest; train: export/). Complete steps are skipped on the next invocation; a step
-whose config or upstream changed runs again.
+whose config changed, or whose upstream ran again, runs again.
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ def run_chain(
     config_lib.dump_yaml(cfg, root / "config.yaml")
     step_overrides = step_overrides or {}
     fingerprints: dict[str, str] = {}
+    ran: set[str] = set()  # steps run by this invocation: whatever reads them runs again too
     records = []
     for step in cfg.stages:
         run_dir = root / step.name
@@ -108,7 +109,7 @@ def run_chain(
         upstream = fingerprints.get(step.input or "", "")
         fp = hashlib.sha256(f"{step.command}|{resolved}|{upstream}".encode()).hexdigest()
         fingerprints[step.name] = fp
-        if _complete(step, run_dir, fp):
+        if step.input not in ran and _complete(step, run_dir, fp):
             log.info("chain: %s is complete, skipped", step.name)
             metrics = json.loads((run_dir / MARKER).read_text()).get("metrics", {})
             records.append({"name": step.name, "status": "skipped", "metrics": metrics})
@@ -120,6 +121,7 @@ def run_chain(
         marker = {"fingerprint": fp, "seconds": time.perf_counter() - start, "metrics": metrics}
         (run_dir / MARKER).write_text(json.dumps(marker, indent=1, default=float))
         records.append({"name": step.name, "status": "ran", "metrics": metrics})
+        ran.add(step.name)
     (root / "chain.json").write_text(json.dumps(records, indent=1, default=float))
     return records
 

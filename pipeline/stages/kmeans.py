@@ -47,8 +47,8 @@ class KMeansConfig:
     """Rows per mini-batch (per process) in minibatch mode."""
     steps: int = 300
     """Mini-batch updates in minibatch mode."""
-    chunk_size: int = 65536
-    """Rows per distance matmul: memory is chunk_size x k floats."""
+    chunk_size: int = 16384
+    """Rows per distance matmul (memory: chunk_size x k floats); CPU threads share the chunks."""
     beta: float = 1.0
     """Inverse temperature of the reported soft free energy -1/beta log sum_z exp(-beta E)."""
 
@@ -196,14 +196,14 @@ class KMeansStage(Stage):
 
 def _soft_free_energy(points: ops.Points, centers: torch.Tensor, beta: float, comm) -> float:
     total = torch.zeros(1, dtype=torch.float64, device=points.device)
-    for _, x, _ in points.chunks():
-        total += ops.free_energy(ops.energies(x, centers), beta).sum()
+    for _, xa, _ in points.chunks():
+        total += ops.free_energy(ops.energies(xa[:, : points.dim], centers), beta).sum()
     return float(comm.sum_(total))
 
 
 def _check_finite(points: ops.Points, source: str) -> None:
-    for start, x, _ in points.chunks():
-        bad = ~torch.isfinite(x)
+    for start, xa, _ in points.chunks():
+        bad = ~torch.isfinite(xa)
         if bad.any():
             row, col = (int(v) for v in torch.nonzero(bad)[0])
             raise DataError(

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.stages.runner import run_stage
-from tests.stages.conftest import REPO, env_for_subprocess
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.distributed
@@ -24,7 +27,12 @@ def test_two_processes_give_the_same_centroids_as_one(tmp_path, stage_cfg):
         "--output-dir", str(tmp_path / "two"),
     ]  # fmt: skip
     proc = subprocess.run(
-        cmd, cwd=REPO, env=env_for_subprocess(), capture_output=True, text=True, timeout=300
+        cmd,
+        cwd=REPO,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(proc.stdout.strip().splitlines()[-1])
