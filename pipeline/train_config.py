@@ -36,7 +36,9 @@ class DataConfig:
     num_proc: int | None = None
     """Processes for tokenization (default: all cores, at most 8)."""
     num_workers: int = 0
-    """DataLoader worker processes (0 = in the training process)."""
+    """DataLoader worker processes (0 = in the training process); each prefetches 4 batches."""
+    pin_memory: bool = True
+    """Page-locked host batches for asynchronous copies to the GPU (CUDA only)."""
     max_eval_examples: int = 1024
     """At most this many held-out examples (blocks) are evaluated."""
 
@@ -158,9 +160,18 @@ class EngineConfig:
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """auto: bf16 on GPUs that support it, fp32 on CPU."""
     compile: bool = False
-    """torch.compile the training module."""
+    """torch.compile the training module (model and loss); the masked positions are then
+    padded to a fixed count so every step has the same shapes."""
+    cuda_graphs: bool = False
+    """Replay each step as CUDA graphs (torch.compile mode "reduce-overhead"); needs
+    engine.compile=true and a CUDA device (refused with an error elsewhere)."""
     peak_flops: float | None = None
     """Peak FLOP/s of one device for MFU; default from a table of known GPUs."""
+
+    def validate(self) -> list[str]:
+        if self.cuda_graphs and not self.compile:
+            return ["cuda_graphs=true needs compile=true (CUDA graphs come from torch.compile)"]
+        return []
 
 
 @dataclass

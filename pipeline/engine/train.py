@@ -73,7 +73,7 @@ def train(cfg: Any) -> dict[str, float]:
     # it once per process), and saved in trainer_state
     module, optimizer = accelerator.prepare(module, optimizer)
     if cfg.engine.compile:
-        module = torch.compile(module)
+        module = setup.compile_module(module, cfg.engine)
 
     # ---- resume
     start_step, tokens_seen, elapsed_before, stream_state = 0, 0, 0.0, None
@@ -100,9 +100,8 @@ def train(cfg: Any) -> dict[str, float]:
             data.train, objective.collate, seed=cfg.train.seed, micro_batch=micro,
             accumulation=accum, rank=ctx.rank, world=ctx.world_size,
         )  # fmt: skip
-        batch_iter = micro_batches(
-            batches, start_step, cfg.data.num_workers, pin_memory=accelerator.device.type == "cuda"
-        )
+        pin = cfg.data.pin_memory and accelerator.device.type == "cuda"
+        batch_iter = micro_batches(batches, start_step, cfg.data.num_workers, pin_memory=pin)
     tokens_per_step = micro * accum * ctx.world_size * data.tokens_per_example
     flops_per_step = (
         objective.flops_per_example(accelerator.unwrap_model(module))

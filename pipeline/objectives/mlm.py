@@ -80,20 +80,49 @@ class SparseMaskedLM(nn.Module):
         self.model = model
         self.sparse_prediction = sparse_prediction
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask=None):
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        attention_mask=None,
+        masked_positions: torch.Tensor | None = None,
+        masked_labels: torch.Tensor | None = None,
+    ):
         if self.sparse_prediction:
             hidden = self.model.bert(input_ids=input_ids, attention_mask=attention_mask)[0]
-            where = labels != IGNORE
-            logits = self.model.cls(hidden[where])
-            targets = labels[where]
+            if masked_positions is not None:
+                # positions found by collate, padded to a fixed count: a static shape for
+                # torch.compile and CUDA graphs, and no device-to-host sync of `hidden[mask]`
+                hidden = hidden.flatten(0, 1).index_select(0, masked_positions)
+                targets = masked_labels
+            else:
+                where = labels != IGNORE
+                hidden, targets = hidden[where], labels[where]
+            logits = self.model.cls(hidden)
         else:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
             where = labels != IGNORE
             logits, targets = logits[where], labels[where]
-        loss = F.cross_entropy(logits.float(), targets)
+        loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE)
         with torch.no_grad():
-            accuracy = (logits.argmax(-1) == targets).float().mean()
+            real = targets != IGNORE
+            hits = ((logits.argmax(-1) == targets) & real).sum()
+            accuracy = hits.float() / real.sum().clamp(min=1)
         return loss, {"loss": loss.detach(), "mlm_accuracy": accuracy}
+
+
+def prediction_slots(selected: int, tokens: int, rate: float, static: bool) -> int:
+    """How many masked positions a batch carries, padding included (a multiple of 8).
+
+    static (torch.compile / CUDA graphs): one count for every batch of this size, the mean
+    plus 6 standard deviations of the binomial draw, so shapes never change in practice; a
+    batch with more selected tokens (about 1 in 10^9, more often with whole-word masking) gets
+    a larger count (one recompilation). Otherwise: just the selected tokens, rounded up."""
+    want = selected
+    if static:
+        mean = tokens * rate
+        want = max(selected, math.ceil(mean + 6.0 * math.sqrt(mean * (1.0 - rate))))
+    return max(8, -(-want // 8) * 8)
 
 
 @registry.register("objective", "mlm")
@@ -165,6 +194,8 @@ class MaskedLM(Objective):
                 f"data.block_size={ctx.cfg.data.block_size} exceeds the model's "
                 f"max_position_embeddings={model.config.max_position_embeddings}"
             )
+        # a compiled module wants one shape: pad the masked positions to a fixed count
+        self.static_shapes = bool(ctx.cfg.engine.compile)
         return SparseMaskedLM(model, self.cfg.sparse_prediction)
 
     def collate(self, examples: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -180,7 +211,17 @@ class MaskedLM(Objective):
             generator,
             self.continuation,
         )
-        return {"input_ids": corrupted, "labels": labels}
+        batch = {"input_ids": corrupted, "labels": labels}
+        if self.cfg.sparse_prediction:
+            flat = labels.flatten()
+            where = (flat != IGNORE).nonzero().squeeze(1)
+            static = getattr(self, "static_shapes", False)
+            slots = prediction_slots(len(where), flat.numel(), self.cfg.mask_prob, static)
+            batch["masked_positions"] = torch.zeros(slots, dtype=torch.long)
+            batch["masked_positions"][: len(where)] = where
+            batch["masked_labels"] = torch.full((slots,), IGNORE, dtype=torch.long)
+            batch["masked_labels"][: len(where)] = flat[where]
+        return batch
 
     def flops_per_example(self, module: nn.Module) -> float:
         cfg = module.model.config
