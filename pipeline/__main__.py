@@ -32,11 +32,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.config import ConfigError
     from pipeline.data.sources import DataError
     from pipeline.engine.checkpoint import CheckpointError
+    from pipeline.engine.guards import NonFiniteStop
     from pipeline.engine.setup import SetupError
     from pipeline.export import ExportError
     from pipeline.hub import HubError
 
-    return (ConfigError, DataError, SetupError, CheckpointError, ExportError, HubError)
+    errors = (ConfigError, DataError, SetupError, CheckpointError, ExportError, HubError)
+    return (*errors, NonFiniteStop)
 
 
 def main(argv: list[str] | None = None) -> int:

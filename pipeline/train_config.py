@@ -136,6 +136,16 @@ class TrainConfig:
     """Write the Hugging Face export into RUN_DIR/export at the end."""
     push_to_hub: str | None = None
     """Publish the export to this Hub repo (OWNER/NAME) at the end."""
+    on_nonfinite: Literal["skip", "stop"] = "skip"
+    """A step whose loss or gradient is NaN/inf on any process: skip it on every process
+    (parameters and optimizer state unchanged), or stop (last good checkpoint saved)."""
+    max_bad_steps: int = 3
+    """This many skipped steps in a row stop the run (after saving the last good state)."""
+    loss_spike_zscore: float = 0.0
+    """Skip a step whose loss is more than this many standard deviations above the mean of
+    the last train.loss_spike_window steps (0 = off). The window is saved in checkpoints."""
+    loss_spike_window: int = 50
+    """Good steps the loss-spike z-score is computed over."""
 
     def validate(self) -> list[str]:
         problems = []
@@ -148,6 +158,13 @@ class TrainConfig:
             problems.append(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.global_batch_size is not None and self.global_batch_size < 1:
             problems.append(f"global_batch_size must be >= 1, got {self.global_batch_size}")
+        if self.max_bad_steps < 1:
+            problems.append(f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
+        if self.loss_spike_zscore < 0 or self.loss_spike_window < 2:
+            problems.append(
+                "loss_spike_zscore must be >= 0 and loss_spike_window >= 2, got "
+                f"{self.loss_spike_zscore} and {self.loss_spike_window}"
+            )
         return problems
 
 

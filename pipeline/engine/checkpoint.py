@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -26,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from pipeline.engine import faults
 
 log = logging.getLogger(__name__)
 
@@ -141,21 +144,35 @@ def save(
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():  # e.g. the final save of a run that just saved this step
-            shutil.rmtree(final)
         tmp.mkdir()
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    torch.save({**rank_state, "rng": rng_state()}, tmp / f"rank-{accelerator.process_index}.pt")
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        faults.maybe_fail("disk_full", step)
+        torch.save({**rank_state, "rng": rng_state()}, tmp / f"rank-{accelerator.process_index}.pt")
+    except OSError as err:  # disk full, quota...: the previous checkpoints stay as they are
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(
+            f"saving checkpoint {final} failed: {err.strerror or err}; the previous "
+            f"checkpoints in {root} are intact"
+        ) from None
     accelerator.wait_for_everyone()
+    faults.maybe_fail("mid_checkpoint", step)
     if accelerator.is_main_process:
         (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
         write_manifest(tmp)
+        # a folder of the same step (e.g. a corrupted one resume skipped) is replaced only now
+        # that the new one is complete; a kill in between leaves a .tmp-* the next save removes
+        replaced = root / f".tmp-replaced-step-{step:08d}"
+        if final.exists():
+            final.rename(replaced)
         tmp.rename(final)
         _fsync_dir(root)
+        shutil.rmtree(replaced, ignore_errors=True)
         for _, old in list_checkpoints(run_dir)[keep:]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+    faults.maybe_fail("after_checkpoint", step)
     return final
 
 
@@ -167,7 +184,18 @@ def load(accelerator: Any, folder: Path) -> tuple[dict[str, Any], dict[str, Any]
         # another process count: train.py loaded the consolidated weights before prepare
         # (engine/elastic.py); optimizer moments and per-process RNG start afresh
         return trainer_state, {}
-    accelerator.load_state(str(folder))
+    rng_file = folder / f"random_states_{accelerator.process_index}.pkl"
+    if rng_file.is_file():  # Accelerate would skip a refused one silently: refuse it loudly
+        from accelerate.utils.other import load as accelerate_load
+
+        try:
+            accelerate_load(rng_file)
+        except pickle.UnpicklingError as err:
+            raise CheckpointError(f"{rng_file}: {_refusal(err)}") from None
+    try:
+        accelerator.load_state(str(folder))  # Accelerate reads its pickles with weights_only=True
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{folder}: {_refusal(err)}") from None
     rank_file = folder / f"rank-{accelerator.process_index}.pt"
     rank_state = load_tensors(rank_file)
     set_rng_state(rank_state.pop("rng"))
@@ -179,7 +207,14 @@ def load_tensors(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError and friends
-        raise CheckpointError(f"{path} is not a plain tensor file and was refused: {err}") from None
+        raise CheckpointError(f"{path}: {_refusal(err)}") from None
+
+
+def _refusal(err: Exception) -> str:
+    # torch's message spans many lines; the one naming the forbidden global is the useful one
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    why = next((line for line in lines if "GLOBAL" in line.upper()), lines[0] if lines else "")
+    return f"not a plain tensor file (a pickle that could run code), refused: {why}"
 
 
 def _fsync_dir(path: Path) -> None:

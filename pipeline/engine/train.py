@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from pipeline import config as config_lib
 from pipeline import registry
-from pipeline.engine import checkpoint, elastic, setup
+from pipeline.engine import checkpoint, elastic, faults, guards, setup
 from pipeline.engine.batches import StepBatches, StreamBatches, eval_batches, micro_batches
 from pipeline.engine.context import RunContext
 from pipeline.engine.memory import peak_memory_by_rank
@@ -77,9 +77,11 @@ def train(cfg: Any) -> dict[str, float]:
 
     # ---- resume
     start_step, tokens_seen, elapsed_before, stream_state = 0, 0, 0.0, None
+    spikes = guards.LossSpikeDetector(cfg.train.loss_spike_window, cfg.train.loss_spike_zscore)
     if resume_from is not None:
         state, rank_state = checkpoint.load(accelerator, resume_from)
         start_step, tokens_seen = state["step"], state["tokens"]
+        spikes.load_state_dict(state.get("loss_spike"))
         elapsed_before = state.get("elapsed_s", 0.0)
         scheduler.load_state_dict(state["scheduler"])
         objective.load_state_dict(rank_state.get("objective", {}))
@@ -112,10 +114,16 @@ def train(cfg: Any) -> dict[str, float]:
     peak = peak_flops(accelerator.device, cfg.engine.peak_flops)
     metrics_log = MetricsLog(run_dir, accelerator, enabled=ctx.is_main)
 
+    saved_at = [-1]  # a stop right after a checkpoint must not write (and replace) it again
+
     def save_checkpoint(step: int) -> None:
+        if saved_at[0] == step:
+            return
+        saved_at[0] = step
         trainer_state = {
             "step": step, "tokens": tokens_seen, "world_size": ctx.world_size,
             "elapsed_s": elapsed_before + time.time() - t_start, "scheduler": scheduler.state_dict(),
+            "loss_spike": spikes.state_dict(),
         }  # fmt: skip
         rank_state = {"objective": objective.state_dict()}
         if cfg.data.streaming:
@@ -146,7 +154,8 @@ def train(cfg: Any) -> dict[str, float]:
     module.train()
     step = start_step
     train_avg, last_eval = Averager(), {}
-    bad_in_a_row, stop_reason = 0, None
+    bad_steps = guards.BadStepCounter(cfg.train.on_nonfinite, cfg.train.max_bad_steps)
+    stop_reason = None
     bar = tqdm(
         total=cfg.train.max_steps, initial=start_step, disable=not (ctx.is_main and cfg.log.progress_bar),
         desc="train", dynamic_ncols=True, file=sys.stderr,
@@ -154,6 +163,7 @@ def train(cfg: Any) -> dict[str, float]:
     t_start = t_log = time.time()
     steps_since_log = 0
     while step < cfg.train.max_steps:
+        step_metrics, finite, loss_sum = [], True, 0.0
         for j in range(accum):
             batch = _to(next(batch_iter), accelerator.device)
             # gradients are all-reduced only on the last micro batch of a step
@@ -162,33 +172,40 @@ def train(cfg: Any) -> dict[str, float]:
             accelerator.sync_gradients = j == accum - 1
             with sync, accelerator.autocast():
                 loss, metrics = module(**batch)
+                loss = faults.corrupt_loss(loss, step + 1)  # tests only (PIPELINE_FAULT)
                 accelerator.backward(loss)  # Accelerate divides by the accumulation steps
-            train_avg.add(metrics)
+            loss_sum += loss.item()
+            finite = finite and math.isfinite(loss_sum)
+            step_metrics.append(metrics)
         grad_norm = _clip(accelerator, module, cfg.optim.max_grad_norm)
 
         # every process agrees on skipping a non-finite step and on stopping for a signal
         flags = torch.tensor(
-            [
-                float(not (math.isfinite(loss.item()) and math.isfinite(grad_norm))),
-                float(stop.requested),
-            ],
+            [float(not (finite and math.isfinite(grad_norm))), float(stop.requested),
+             loss_sum / accum if finite else 0.0],
             device=accelerator.device,
-        )
+        )  # fmt: skip
         flags = accelerator.reduce(flags, reduction="sum")
-        if flags[0] > 0:
+        nonfinite = bool(flags[0] > 0)
+        mean_loss = float(flags[2]) / ctx.world_size  # the same number on every process
+        if nonfinite or spikes.is_spike(mean_loss):
             optimizer.zero_grad(set_to_none=True)  # parameters and optimizer state unchanged
-            bad_in_a_row += 1
             if ctx.is_main:
-                log.warning("step %d: non-finite loss or gradient, step skipped", step + 1)
-            if bad_in_a_row >= 3:
+                why = "non-finite loss or gradient" if nonfinite else f"loss spike {mean_loss:.4g}"
+                log.warning("step %d: %s, step skipped", step + 1, why)
+            if bad_steps.bad(nonfinite):
                 stop_reason = "nonfinite"
                 break
             continue
-        bad_in_a_row = 0
+        bad_steps.good()
+        spikes.update(mean_loss)
+        for m in step_metrics:
+            train_avg.add(m)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        faults.maybe_fail("after_step", step)
         steps_since_log += 1
         tokens_seen += tokens_per_step
         bar.update(1)
@@ -226,14 +243,11 @@ def train(cfg: Any) -> dict[str, float]:
     # ---- the end: checkpoint, evaluate, export, plots
     save_checkpoint(step)
     if stop_reason == "nonfinite":
-        raise RuntimeError(
-            f"stopped at step {step}: 3 non-finite steps in a row (last good state saved in "
-            f"{run_dir}/checkpoints); lower optim.lr or check the data"
-        )
+        raise guards.NonFiniteStop(bad_steps.stop_message(step, run_dir))
     if stop_reason == "signal":
         if ctx.is_main:
             log.warning("stopped by %s at step %d; checkpoint saved, exit %d asks for a requeue",
-                        stop.signal_name, step, PREEMPTED)  # fmt: skip
+                        stop.signal_name or "another process", step, PREEMPTED)  # fmt: skip
         accelerator.free_memory()  # DeepSpeed: tear the engine down before its process group
         accelerator.end_training()
         raise SystemExit(PREEMPTED)

@@ -1,0 +1,124 @@
+"""SIGTERM / SIGINT: checkpoint at the next step boundary and exit 75 (what SLURM preemption
+uses), at 1 and 2 processes; a second Ctrl-C leaves at once and corrupts nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.engine import checkpoint
+from tests.conftest import ROOT, _free_port, env
+from tests.faults.conftest import train_args
+
+LONG = ["train.max_steps=100000", "train.export=false"]
+
+
+def launch(args: list[str], nproc: int, log: Path, **extra: str) -> subprocess.Popen:
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "pipeline", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_port", str(_free_port()), "-m", "pipeline", *args]  # fmt: skip
+    with open(log, "w") as fh:
+        return subprocess.Popen(
+            cmd, cwd=ROOT, env=env(**extra), stdout=fh, stderr=subprocess.STDOUT
+        )
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 300, poll=0.2):
+    deadline = time.time() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode} while waiting for {what}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(poll)
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    return [json.loads(x)["step"] for x in lines if x.endswith("}")]
+
+
+def worker_of_rank(launcher_pid: int, rank: int) -> int:
+    """The pid of the torchrun worker with RANK=rank."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            environ = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == launcher_pid and f"RANK={rank}".encode() in environ:
+            return int(stat.parent.name)
+    raise AssertionError(f"no worker with RANK={rank} under {launcher_pid}")
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_sigterm_checkpoints_at_step_boundary_and_exits_75(tmp_path, nproc):
+    """At 2 processes only rank 1 is signalled: the all-reduced flag stops both at the same
+    step. The checkpoint is the last step done: no step is lost."""
+    out, log = tmp_path / "run", tmp_path / "log.txt"
+    proc = launch(train_args(out, *LONG, "train.checkpoint_every=1000"), nproc, log)
+    try:
+        wait_for(lambda: len(logged_steps(out)) >= 3, proc, "3 logged steps")
+        target = proc.pid if nproc == 1 else worker_of_rank(proc.pid, 1)
+        os.kill(target, signal.SIGTERM)
+        proc.wait(timeout=300)
+    finally:
+        proc.kill()
+    text = log.read_text()
+    last = logged_steps(out)[-1]
+    assert f"stopped by {'SIGTERM' if nproc == 1 else 'another process'} at step {last}; " in text
+    if nproc == 1:
+        assert proc.returncode == 75
+    else:  # torchrun reports the workers' status: both left with 75
+        assert proc.returncode != 0 and text.count("exitcode  : 75") >= 1, text[-3000:]
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == [f"step-{last:08d}"]
+    folder = out / "checkpoints" / ckpts[0]
+    assert checkpoint.verify(folder) is None
+    assert json.loads((folder / "trainer_state.json").read_text())["step"] == last
+    assert sorted(p.name for p in folder.glob("rank-*.pt")) == [
+        f"rank-{r}.pt" for r in range(nproc)
+    ]
+
+
+def test_second_ctrl_c_exits_at_once_and_corrupts_nothing(tmp_path):
+    """First Ctrl-C: a checkpoint starts at the next boundary (stalled half written for 5 s by
+    the fault hook); second Ctrl-C during that write: exit 130 at once. Every finished
+    checkpoint still verifies, the half-written one is a .tmp-* folder that resume ignores."""
+    out, log = tmp_path / "run", tmp_path / "log.txt"
+    args = train_args(out, *LONG, "train.checkpoint_every=3")
+    proc = launch(args, 1, log, PIPELINE_FAULT="stall_checkpoint@*")
+    ckpts = out / "checkpoints"
+    try:
+        wait_for(lambda: (ckpts / "step-00000003").is_dir(), proc, "checkpoint 3")
+        proc.send_signal(signal.SIGINT)
+        wait_for(
+            lambda: any(ckpts.glob(".tmp-step-*")), proc, "a checkpoint in progress", poll=0.05
+        )
+        started = time.time()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        took = time.time() - started
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert took < 4.0  # did not wait for the stalled write (5 s) to finish
+    assert "second interrupt: exiting now without a checkpoint" in log.read_text()
+    partial = list(ckpts.glob(".tmp-step-*"))
+    assert len(partial) == 1 and not (partial[0] / checkpoint.MANIFEST).exists()
+    finished = [p for p in ckpts.iterdir() if p.name.startswith("step-")]
+    assert finished and all(checkpoint.verify(p) is None for p in finished)
+    assert checkpoint.latest_valid(out) == max(finished)
