@@ -19,7 +19,13 @@ from pipeline.engine import checkpoint, elastic, faults, guards, setup
 from pipeline.engine.batches import StepBatches, StreamBatches, eval_batches, micro_batches
 from pipeline.engine.context import RunContext
 from pipeline.engine.memory import peak_memory_by_rank
-from pipeline.engine.metrics import Averager, MetricsLog, peak_flops, peak_memory_mb
+from pipeline.engine.metrics import (
+    Averager,
+    MetricsLog,
+    peak_flops,
+    peak_memory_mb,
+    write_run_info,
+)
 from pipeline.engine.signals import PREEMPTED, StopFlag
 
 log = logging.getLogger("pipeline")
@@ -52,6 +58,7 @@ def train(cfg: Any) -> dict[str, float]:
         config_lib.dump_yaml(cfg, run_dir / "config.yaml")
         if accelerator.trackers is not None and cfg.log.trackers:
             accelerator.init_trackers("pipeline", config=config_lib.flatten(resolved))
+        write_run_info(run_dir, accelerator, accum)
     stop = StopFlag().install()
 
     # ---- data, model, optimizer (seeded identically on every process)
@@ -251,8 +258,7 @@ def train(cfg: Any) -> dict[str, float]:
         accelerator.free_memory()  # DeepSpeed: tear the engine down before its process group
         accelerator.end_training()
         raise SystemExit(PREEMPTED)
-    if not last_eval or cfg.train.eval_every == 0 or step % cfg.train.eval_every:
-        last_eval = evaluate(step)
+    last_eval = evaluate(step)  # in-loop evaluations never run at the last step
     if cfg.train.export:
         from pipeline.export import export_module
 
