@@ -242,8 +242,9 @@ def make_plugin(cfg: Any, accumulation: int):
 
     from accelerate.utils import DeepSpeedPlugin
 
-    # ZeRO calls this torch API on every gather: one deprecation warning per call floods logs
-    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*", category=FutureWarning)
+    # ZeRO calls these torch APIs on every gather/reduce: a deprecation warning per call floods logs
+    for api in ("all_gather_into_tensor", "reduce_scatter_tensor"):
+        warnings.filterwarnings("ignore", message=f".*{api}.*", category=FutureWarning)
     cfg.engine.deepspeed_config = config_path(cfg)
     ds = resolve(load_json(cfg.engine.deepspeed_config), cfg, accumulation, launched_world_size())
     # every process builds the full model on CPU and DeepSpeed partitions it at prepare; no
