@@ -27,7 +27,7 @@ def finetune_command(argv: list[str]) -> int:
     if export_dir is None:
         parser.parse_args(rest)  # --help, or the usage error
         parser.error("EXPORT_DIR and CONFIG are required")
-    args = parser.parse_args(rest)
+    args = parser.parse_intermixed_args(rest)
     args.export_dir = export_dir
     args.overrides.append(f"model.from_pretrained={args.export_dir}")
     cfg = load_run_config(FinetuneConfig, args)

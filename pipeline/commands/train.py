@@ -9,9 +9,8 @@ from pipeline.cli import command, config_parser, load_run_config
 def train_command(argv: list[str]) -> int:
     from pipeline.train_config import RunConfig
 
-    args = config_parser("python -m pipeline train", RunConfig, "Pretrain a model.").parse_args(
-        argv
-    )
+    parser = config_parser("python -m pipeline train", RunConfig, "Pretrain a model.")
+    args = parser.parse_intermixed_args(argv)  # overrides may follow --output-dir
     cfg = load_run_config(RunConfig, args)
     from pipeline.engine.train import train
 
