@@ -196,6 +196,9 @@ def _convert(tp: Any, value: Any, key: str, default: Any = None) -> tuple[Any, l
                 return out, []
         return None, [f"{key} must be {_type_name(tp)}, got {value!r}"]
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans
+            spelled = ("on", "true", "yes") if value else ("off", "false", "no")
+            value = next((w for w in spelled if w in args), value)
         if value in args:
             return value, []
         return None, [f"{key} must be one of {', '.join(map(repr, args))}; got {value!r}"]

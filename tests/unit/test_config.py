@@ -68,3 +68,12 @@ def test_resolved_config_round_trips_and_redacts(tmp_path):
         "tokenizer": {"x": 1},
         "max_tokens": 5,
     }
+
+
+def test_on_off_choices_survive_yaml_booleans(tmp_path):
+    # YAML 1.1 reads a bare on/off as true/false; a choice of "on"|"off" still gets its word
+    cfg = load_config(RunConfig, None, ["optim.fused=off"])
+    assert cfg.optim.fused == "off"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optim:\n  fused: on\n")
+    assert load_config(RunConfig, recipe).optim.fused == "on"
