@@ -6,7 +6,7 @@ bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # DeepSpeedCPUAdam compiles once (about a minute); keep the build for the rest of the run
-export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
+# (compiled into ~/.cache/torch_extensions, torch's default, so later runs on the machine reuse it)
 export DS_ACCELERATOR=cpu
 
 ruff check pipeline tests scripts

@@ -74,6 +74,8 @@ def train(cfg: Any) -> dict[str, float]:
         from pipeline.engine.deepspeed import fill_model_sizes
 
         fill_model_sizes(accelerator, module)  # "auto" bucket sizes follow the hidden size
+    # counted before prepare: ZeRO-3 leaves empty parameter shards behind
+    flops_per_example = objective.flops_per_example(module)
     optimizer = setup.build_optimizer(module, cfg.optim, accelerator.device)
     scheduler = setup.build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
     # the scheduler is stepped by us once per optimizer step (Accelerate's wrapper would step
@@ -112,12 +114,7 @@ def train(cfg: Any) -> dict[str, float]:
         pin = cfg.data.pin_memory and accelerator.device.type == "cuda"
         batch_iter = micro_batches(batches, start_step, cfg.data.num_workers, pin_memory=pin)
     tokens_per_step = micro * accum * ctx.world_size * data.tokens_per_example
-    flops_per_step = (
-        objective.flops_per_example(accelerator.unwrap_model(module))
-        * micro
-        * accum
-        * ctx.world_size
-    )
+    flops_per_step = flops_per_example * micro * accum * ctx.world_size
     peak = peak_flops(accelerator.device, cfg.engine.peak_flops)
     metrics_log = MetricsLog(run_dir, accelerator, enabled=ctx.is_main)
 
