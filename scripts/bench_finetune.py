@@ -1,12 +1,16 @@
 """Does pretraining help? Fine-tune our pretrained export and the same architecture from random
-initialisation (same data, steps, batch, learning rate and seeds) and print both, in one run.
+initialisation (same data, steps, batch, seeds and learning-rate grid) and print both, in one run.
 
-    python scripts/bench_finetune.py                      # pretrains configs/mlm/tiny.yaml first
-    python scripts/bench_finetune.py --pretrained runs/tiny/export --steps 300
+    python scripts/bench_finetune.py                      # pretrains configs/mlm/tiny-long.yaml
+    python scripts/bench_finetune.py --pretrained runs/tiny/export --lrs 1e-3
 
 The default task is configs/finetune/bible-sections.yaml: which of six sections of the Bible a
-24-word passage comes from, held out by chapter, with a few thousand labelled passages (the
-regime where pretraining is worth most). Both fine-tunes run at the same time, one thread each.
+24-word passage comes from, test passages held out by chapter (the corpus's validation
+chapters). The learning rate is chosen for EACH start separately over the same grid, on a
+validation split cut by chapter from the *training* chapters (never on the test chapters); the
+chosen lr is then fine-tuned on the training chapters and scored on the test chapters. The
+pretrained export is cached under --out and reused by later runs. Fine-tunes run two at a time,
+one thread each.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import hashlib
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -38,9 +44,63 @@ def wait(proc: subprocess.Popen, log: Path) -> None:
         sys.exit(f"{' '.join(map(str, proc.args))} failed; see {log}:\n{log.read_text()[-3000:]}")
 
 
+def job_key(cmd: list[str], export: Path) -> str:
+    """What a fine-tune's result depends on: its command (the export by content, not path) and
+    the export's config and tokenizer, plus its weights when they are loaded."""
+    h = hashlib.sha256(json.dumps([c.replace(str(export), "EXPORT") for c in cmd]).encode())
+    names = ["config.json", "tokenizer.json", "tokenizer_config.json"]
+    if "model.init=pretrained" in cmd:
+        names.append("model.safetensors")
+    for name in names:
+        h.update(name.encode() + (export / name).read_bytes())
+    return h.hexdigest()
+
+
+def run_all(jobs: dict[str, list[str]], out: Path, env: dict, export: Path, parallel: int) -> dict:
+    """Run `pipeline` commands `parallel` at a time, reusing a run whose key (`job_key`)
+    matches; {name: seconds, or None if reused}."""
+    pending, running, times = [], {}, {}
+    for name, cmd in jobs.items():
+        key = out / name / "bench-key.txt"
+        done = key.is_file() and (out / name / "metrics.jsonl").is_file()
+        if done and key.read_text() == job_key(cmd, export):
+            times[name] = None
+        else:
+            pending.append((name, cmd))
+    while pending or running:
+        while pending and len(running) < parallel:
+            name, cmd = pending.pop(0)
+            log = out / f"{name}.log"
+            running[name] = (run(cmd, log, env), log, time.time())
+        time.sleep(0.5)
+        for name, (proc, log, start) in list(running.items()):
+            if proc.poll() is not None:
+                wait(proc, log)
+                times[name] = time.time() - start
+                (out / name / "bench-key.txt").write_text(job_key(jobs[name], export))
+                del running[name]
+    return times
+
+
 def final_eval(run_dir: Path) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if r["split"] == "eval"][-1]
+
+
+def validation_split(out: Path, fraction: float, seed: int) -> tuple[Path, Path]:
+    """The embedded corpus's *training* chapters cut by chapter into tune-train and tune-val
+    files (both translations of a chapter on the same side); the test chapters are not read."""
+    from pipeline.data import embedded
+
+    rows = [json.loads(line) for line in open(embedded.materialize("bible")["train"])]
+    chapters = sorted({(r["book"], r["chapter"]) for r in rows})
+    random.Random(seed).shuffle(chapters)
+    val = set(chapters[: round(len(chapters) * fraction)])
+    paths = out / "tune-train.jsonl", out / "tune-val.jsonl"
+    with open(paths[0], "w") as tr, open(paths[1], "w") as va:
+        for r in rows:
+            (va if (r["book"], r["chapter"]) in val else tr).write(json.dumps(r) + "\n")
+    return paths
 
 
 def majority_baseline(config: Path, overrides: list[str], export: Path) -> tuple[float, float, int]:
@@ -59,37 +119,18 @@ def majority_baseline(config: Path, overrides: list[str], export: Path) -> tuple
     return rate, 2 * rate / (1 + rate) / len(counts), len(data.eval)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pretrained", help="an export to fine-tune (default: pretrain one first)")
-    p.add_argument("--pretrain-config", default="configs/mlm/tiny.yaml")
-    p.add_argument("--pretrain-steps", type=int, default=300)
-    p.add_argument("--config", default="configs/finetune/bible-sections.yaml")
-    p.add_argument("--steps", type=int, default=300, help="fine-tuning steps")
-    p.add_argument("--train-examples", type=int, default=3000, help="labelled examples")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--out", default="runs/bench-finetune")
-    args = p.parse_args()
-    out = (ROOT / args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("HF_DATASETS_OFFLINE", "1")
-    t0 = time.time()
+def masked_accuracy(pretrain_dir: Path) -> float | None:
+    path = pretrain_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    evals = [r for r in rows if r.get("split") == "eval" and "mlm_accuracy" in r]
+    return evals[-1]["mlm_accuracy"] if evals else None
 
-    export = Path(args.pretrained).resolve() if args.pretrained else out / "pretrain" / "export"
-    if not args.pretrained and not (export / "model.safetensors").is_file():
-        print(f"pretraining {args.pretrain_config} for {args.pretrain_steps} steps ...", flush=True)
-        log = out / "pretrain.log"
-        wait(run(["train", args.pretrain_config, f"train.max_steps={args.pretrain_steps}",
-                  "train.resume=never", "log.progress_bar=false", "--output-dir",
-                  str(out / "pretrain")], log, env), log)  # fmt: skip
-    t_pre = time.time() - t0
 
-    overrides = [
+def common_overrides(args: argparse.Namespace) -> list[str]:
+    return [
         f"data.max_train_examples={args.train_examples}",
-        f"optim.lr={args.lr}",
         f"train.max_steps={args.steps}",
         f"train.seed={args.seed}",
         "train.eval_every=0",
@@ -98,31 +139,107 @@ def main() -> None:
         "log.progress_bar=false",
         "log.trackers=[]",
     ]
-    print(
-        f"fine-tuning from {export} and from random init, {args.steps} steps each ...", flush=True
-    )
-    procs, times = {}, {}
-    for init in ("pretrained", "random"):
-        log = out / f"{init}.log"
-        cmd = ["finetune", str(export), args.config, *overrides, f"model.init={init}",
-               "--output-dir", str(out / init)]  # fmt: skip
-        procs[init] = (run(cmd, log, env), log, time.time())
-    for init, (proc, log, start) in procs.items():
-        wait(proc, log)
-        times[init] = time.time() - start
-    results = {init: final_eval(out / init) for init in procs}
-    majority, majority_f1, n_eval = majority_baseline(ROOT / args.config, overrides, export)
+
+
+def finetune_cmd(args, export: Path, out: Path, init: str, lr: float, name: str, extra) -> list:
+    return ["finetune", str(export), args.config, *common_overrides(args), *extra,
+            f"optim.lr={lr}", f"model.init={init}", "--output-dir", str(out / name)]  # fmt: skip
+
+
+def tune_overrides(args: argparse.Namespace, out: Path) -> list[str]:
+    tr, va = validation_split(out, args.val_fraction, args.seed)
+    return [f"data.path=[{tr}]", f"data.eval_path=[{va}]",
+            f"data.max_eval_examples={args.val_examples}"]  # fmt: skip
+
+
+def _secs(t: float | None) -> str:
+    return "reused" if t is None else f"{t:.0f}s"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pretrained", help="an export to fine-tune (default: pretrain one first)")
+    p.add_argument("--pretrain-config", default="configs/mlm/tiny-long.yaml")
+    p.add_argument("--pretrain-steps", type=int, help="default: the pretraining recipe's")
+    p.add_argument("--config", default="configs/finetune/bible-sections.yaml")
+    p.add_argument("--steps", type=int, default=300, help="fine-tuning steps")
+    p.add_argument("--train-examples", type=int, default=1000, help="labelled examples")
+    p.add_argument("--lrs", default="3e-4,1e-3,3e-3", help="lr grid, tuned for each start")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="training chapters for lr")
+    p.add_argument("--val-examples", type=int, default=1000, help="validation passages")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--jobs", type=int, default=2, help="fine-tunes at a time (one thread each)")
+    p.add_argument("--out", default="runs/bench-finetune")
+    args = p.parse_args()
+    lrs = [float(x) for x in args.lrs.split(",")]
+    out = (ROOT / args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("HF_DATASETS_OFFLINE", "1")
+    t0 = time.time()
+
+    if args.pretrained:
+        export = Path(args.pretrained).resolve()
+        pre_dir = export.parent
+    else:
+        steps = f"-{args.pretrain_steps}" if args.pretrain_steps else ""
+        pre_dir = out / f"pretrain-{Path(args.pretrain_config).stem}{steps}"
+        export = pre_dir / "export"
+    if not args.pretrained and not (export / "model.safetensors").is_file():
+        print(f"pretraining {args.pretrain_config} ...", flush=True)
+        log = out / "pretrain.log"
+        cmd = ["train", args.pretrain_config, "train.resume=never", "log.progress_bar=false",
+               "--output-dir", str(pre_dir)]  # fmt: skip
+        if args.pretrain_steps:
+            cmd.insert(2, f"train.max_steps={args.pretrain_steps}")
+        wait(run(cmd, log, dict(env, OMP_NUM_THREADS=str(os.cpu_count() or 1))), log)
+    t_pre = time.time() - t0
+    mlm_acc = masked_accuracy(pre_dir)
+
+    common = common_overrides(args)
+
+    def job(init: str, lr: float, name: str, extra: list[str]) -> list[str]:
+        return finetune_cmd(args, export, out, init, lr, name, extra)
+
+    inits = ("pretrained", "random")
+    grid = {}
+    if len(lrs) > 1:
+        tune = tune_overrides(args, out)
+        jobs = {f"tune-{i}-lr{lr:g}": job(i, lr, f"tune-{i}-lr{lr:g}", tune)
+                for i in inits for lr in lrs}  # fmt: skip
+        print(f"choosing the lr of each start on validation chapters: {len(jobs)} runs of "
+              f"{args.steps} steps ...", flush=True)  # fmt: skip
+        run_all(jobs, out, env, export, args.jobs)
+        grid = {(i, lr): final_eval(out / f"tune-{i}-lr{lr:g}") for i in inits for lr in lrs}
+    best = {i: max(lrs, key=lambda lr: grid[(i, lr)]["accuracy"]) if grid else lrs[0]
+            for i in inits}  # fmt: skip
+    print(f"fine-tuning from {export} and from random init at "
+          f"{', '.join(f'{i} lr {best[i]:g}' for i in inits)} ...", flush=True)  # fmt: skip
+    times = run_all({i: job(i, best[i], i, []) for i in inits}, out, env, export, args.jobs)
+    results = {i: final_eval(out / i) for i in inits}
+    majority, majority_f1, n_eval = majority_baseline(ROOT / args.config, common, export)
 
     print()
-    print(f"task: {args.config}, {args.train_examples} labelled examples, "
-          f"{n_eval} held out; {args.steps} steps, lr {args.lr}, seed {args.seed}")  # fmt: skip
-    print(f"{'init':<12}{'accuracy':>10}{'macro-F1':>10}{'eval loss':>11}{'time':>8}")
-    for init, r in results.items():
-        print(f"{init:<12}{r['accuracy']:>10.3f}{r['macro_f1']:>10.3f}{r['loss']:>11.3f}"
-              f"{times[init]:>7.0f}s")  # fmt: skip
-    print(
-        f"{'majority':<12}{majority:>10.3f}{majority_f1:>10.3f}   (always the most frequent class)"
-    )
+    print(f"pretrained export: {export}"
+          + (f" (held-out masked-token accuracy {mlm_acc:.3f})" if mlm_acc is not None else ""))  # fmt: skip
+    print(f"task: {args.config}, {args.train_examples} labelled examples, {n_eval} test "
+          f"passages from held-out chapters; {args.steps} steps, seed {args.seed}")  # fmt: skip
+    if grid:
+        print(f"validation accuracy / macro-F1 by lr (held-out training chapters, "
+              f"{args.val_examples} passages max):")  # fmt: skip
+        print(f"{'init':<12}" + "".join(f"{f'lr {lr:g}':>16}" for lr in lrs))
+        for i in inits:
+            cells = [f"{grid[(i, lr)]['accuracy']:.3f} / {grid[(i, lr)]['macro_f1']:.3f}"
+                     for lr in lrs]  # fmt: skip
+            print(f"{i:<12}" + "".join(f"{c:>16}" for c in cells))
+    print("test (held-out chapters), each start at its best validation lr:")
+    print(f"{'init':<12}{'lr':>8}{'accuracy':>10}{'macro-F1':>10}{'test loss':>11}{'time':>8}")
+    for i, r in results.items():
+        print(f"{i:<12}{best[i]:>8g}{r['accuracy']:>10.3f}{r['macro_f1']:>10.3f}"
+              f"{r['loss']:>11.3f}{_secs(times[i]):>8}")  # fmt: skip
+    print(f"{'majority':<12}{'':>8}{majority:>10.3f}{majority_f1:>10.3f}   "
+          f"(always the most frequent class)")  # fmt: skip
     gain_acc = results["pretrained"]["accuracy"] - results["random"]["accuracy"]
     gain_f1 = results["pretrained"]["macro_f1"] - results["random"]["macro_f1"]
     verdict = "pretraining wins" if gain_acc > 0 and gain_f1 > 0 else "pretraining does NOT win"
