@@ -52,7 +52,7 @@ def _write(objective: Any, module: torch.nn.Module, folder: Path, ctx: RunContex
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     objective.export(module, str(tmp), ctx)
-    write_model_card(tmp, ctx.cfg, read_metrics(ctx.run_dir))
+    write_model_card(tmp, ctx.cfg, read_metrics(ctx.run_dir), objective.model_card_notes())
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 

@@ -186,7 +186,7 @@ def _usage(cfg: Any) -> list[str]:
     ]
 
 
-def render(cfg: Any, metrics: list[dict]) -> str:
+def render(cfg: Any, metrics: list[dict], notes: str = "") -> str:
     data = card_data(cfg, metrics)
     ev = {
         k: v
@@ -227,6 +227,7 @@ def render(cfg: Any, metrics: list[dict]) -> str:
         "## Use",
         *_usage(cfg),
         "",
+        *([notes.rstrip(), ""] if notes else []),
         "## Intended use and limits",
         "A small research model for experiments on pretraining and fine-tuning. It reflects its "
         "training corpus (its language, era and biases), was evaluated only on the held-out data "
@@ -243,5 +244,6 @@ def render(cfg: Any, metrics: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_model_card(folder: Path, cfg: Any, metrics: list[dict]) -> None:
-    ModelCard(render(cfg, metrics)).save(Path(folder) / "README.md")
+def write_model_card(folder: Path, cfg: Any, metrics: list[dict], notes: str = "") -> None:
+    """`notes`: objective-specific markdown (`Objective.model_card_notes()`), before the limits."""
+    ModelCard(render(cfg, metrics, notes)).save(Path(folder) / "README.md")

@@ -71,5 +71,9 @@ class Objective:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def model_card_notes(self) -> str:
+        """Markdown appended to the exported model card (e.g. how to pool embeddings)."""
+        return ""
+
     def plots(self, module: nn.Module, ctx: RunContext, step: int) -> None:
         """Pictures saved into RUN_DIR/plots during training (e.g. energy landscapes)."""

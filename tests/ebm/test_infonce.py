@@ -69,3 +69,16 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(tmp_path):
     assert grads.keys() == ddp["grads"].keys()
     for k in grads:
         torch.testing.assert_close(ddp["grads"][k], grads[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_model_card_documents_the_pooling():
+    from pipeline.config import load_config
+    from pipeline.model_card import render
+    from pipeline.train_config import RunConfig
+
+    cfg = load_config(RunConfig, HERE.parents[1] / "configs/ebm/infonce-tiny.yaml")
+    notes = InfoNCE(cfg.objective).model_card_notes()
+    assert "## Sentence embeddings (InfoNCE)" in notes and cfg.objective.pooling in notes
+    card = render(cfg, [], notes)
+    assert notes.rstrip() in card
+    assert card.index(notes.rstrip()) < card.index("## Intended use and limits")

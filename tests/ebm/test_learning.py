@@ -32,15 +32,23 @@ def untrained_kl(cfg) -> float:
         return float(module(**batch)[1]["kl"])
 
 
-@pytest.mark.parametrize(
-    "recipe, steps, lr, bound",
-    [("nce-2d", 2000, 1e-2, 0.1), ("cd-2d", 1000, 5e-3, 0.25)],
-)
-def test_learns_8_gaussians(tmp_path, recipe, steps, lr, bound):
+# CI-sized runs (~10-20 s of CPU each on an idle core): narrower nets than the recipes, short
+# cosine schedules at a higher lr, a 100x100 quadrature grid, evaluation only at the end.
+# Both pass a plateau near kl 0.4 (modes smeared together) before the modes separate; the
+# recipes' full-size runs are what reach the issue's kl <= 0.05 (see BENCHMARKS.md).
+SMALL = ["objective.grid_size=100", "train.eval_every=0"]
+RUNS = {
+    "nce-2d": ["model.hidden=[64, 64]", "train.max_steps=2000", "optim.lr=1e-2"],
+    "cd-2d": ["model.hidden=[128, 128]", "train.max_steps=2500", "optim.lr=1e-2",
+              "objective.steps=10", "objective.buffer_size=2000"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe, bound", [("nce-2d", 0.1), ("cd-2d", 0.25)])
+def test_learns_8_gaussians(tmp_path, recipe, bound):
     cfg = load_config(
         RunConfig, ROOT / f"configs/ebm/{recipe}.yaml",
-        [f"train.max_steps={steps}", f"optim.lr={lr}", "train.eval_every=0",
-         f"output_dir={tmp_path}", *FAST],
+        [*RUNS[recipe], *SMALL, f"output_dir={tmp_path}", *FAST],
     )  # fmt: skip
     before = untrained_kl(cfg)
     final = train(cfg)
