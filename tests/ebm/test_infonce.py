@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import _free_port, env
 from transformers import BertConfig, BertModel
 
 from pipeline.objectives.infonce import InfoNCE, InfoNCEModule
+from tests.conftest import _free_port, env
 
 HERE = Path(__file__).resolve().parent
 

@@ -5,8 +5,9 @@ import json
 from pathlib import Path
 
 import torch
-from conftest import run_cli
 from safetensors.torch import load_file
+
+from tests.conftest import run_cli
 
 ARGS = [
     "train", "configs/ebm/cd-2d.yaml",

@@ -1,5 +1,5 @@
 """The bad-input matrix: one line `error: ...` naming the problem, exit 2, raised before any
-training work, and nothing already saved is lost. With tests/e2e/test_bad_input.py (8 cases)
+training work, and nothing already saved is lost. With tests/e2e/test_mlm_bad_input.py (8 cases)
 this makes the table in docs/FAULTS.md; every case runs in this process (fast)."""
 
 from __future__ import annotations
