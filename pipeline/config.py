@@ -91,6 +91,15 @@ def describe(cls: type, prefix: str = "") -> list[str]:
     return lines
 
 
+def check_minimums(obj: Any, minimums: dict[str, int | float]) -> list[str]:
+    """Problems for fields below their minimum (None means unset and passes): for validate()."""
+    return [
+        f"{name} must be >= {low}, got {getattr(obj, name)}"
+        for name, low in minimums.items()
+        if getattr(obj, name) is not None and getattr(obj, name) < low
+    ]
+
+
 # --------------------------------------------------------------------------- YAML and overrides
 
 

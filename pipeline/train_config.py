@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipeline.config import check_minimums
 from pipeline.models.base import ModelConfig
 from pipeline.objectives.base import ObjectiveConfig
 
@@ -148,18 +149,11 @@ class TrainConfig:
     """Good steps the loss-spike z-score is computed over."""
 
     def validate(self) -> list[str]:
-        problems = []
-        for name in ("max_steps", "micro_batch_size", "log_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_every < 0:
-            problems.append(f"eval_every must be >= 0, got {self.eval_every}")
-        if self.keep_checkpoints < 1:
-            problems.append(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
-        if self.global_batch_size is not None and self.global_batch_size < 1:
-            problems.append(f"global_batch_size must be >= 1, got {self.global_batch_size}")
-        if self.max_bad_steps < 1:
-            problems.append(f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
+        problems = check_minimums(
+            self,
+            {"max_steps": 1, "micro_batch_size": 1, "log_every": 1, "checkpoint_every": 1,
+             "eval_every": 0, "keep_checkpoints": 1, "global_batch_size": 1, "max_bad_steps": 1},
+        )  # fmt: skip
         if self.loss_spike_zscore < 0 or self.loss_spike_window < 2:
             problems.append(
                 "loss_spike_zscore must be >= 0 and loss_spike_window >= 2, got "

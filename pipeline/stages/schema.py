@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipeline.config import check_minimums
 from pipeline.stages.arrays import DataConfig
 from pipeline.stages.autoencoder import AutoencoderConfig
 from pipeline.stages.embed import EmbedConfig
@@ -36,13 +37,16 @@ class StageTrainConfig:
     """auto: continue from the newest valid checkpoint if any; required: fail without one."""
 
     def validate(self) -> list[str]:
-        problems = []
-        for name in ("max_steps", "batch_size", "log_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_every < 0:
-            problems.append(f"eval_every must be >= 0, got {self.eval_every}")
-        return problems
+        return check_minimums(
+            self,
+            {
+                "max_steps": 1,
+                "batch_size": 1,
+                "log_every": 1,
+                "checkpoint_every": 1,
+                "eval_every": 0,
+            },
+        )
 
 
 @dataclass
