@@ -17,6 +17,8 @@ Other points:
   nan_value          the loss value becomes NaN but its gradients stay finite: only this
                      process can tell the step is bad (the case the all-reduced flag is for)
   spike_loss         the loss of step STEP is multiplied by 1000 (a loss spike)
+  hold               after step STEP is logged, wait (at most HOLD_S) until a stop signal
+                     arrives: a test can signal "in the middle of training" however fast it is
 For nan_loss and spike_loss, STEP is the step being computed (1 for the first step).
 """
 
@@ -26,11 +28,21 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 KILL_POINTS = ("after_checkpoint", "mid_checkpoint", "after_step")
-POINTS = (*KILL_POINTS, "disk_full", "stall_checkpoint", "nan_loss", "nan_value", "spike_loss")
+POINTS = (
+    *KILL_POINTS,
+    "disk_full",
+    "stall_checkpoint",
+    "nan_loss",
+    "nan_value",
+    "spike_loss",
+    "hold",
+)
 STALL_S = 5.0
+HOLD_S = 120.0
 
 _fired: dict[str, int] = {}  # times each counted fault (`...xN`) fired in this process
 
@@ -66,6 +78,15 @@ def maybe_fail(point: str, step: int) -> None:
     if point == "disk_full":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + " (injected: disk_full)")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hold(step: int, stop_requested: Callable[[], bool]) -> None:
+    """`hold@STEP`: sleep until a stop signal sets the flag (signal handlers run during sleep)."""
+    if not active("hold", step):
+        return
+    deadline = time.monotonic() + HOLD_S
+    while not stop_requested() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def corrupt_loss(loss: Any, step: int) -> Any:

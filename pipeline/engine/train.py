@@ -229,6 +229,7 @@ def train(cfg: Any) -> dict[str, float]:
                 loss=f"{m.get('loss', float('nan')):.3f}", tok_s=f"{m['tokens_per_s']:.0f}"
             )
             t_log, steps_since_log = time.time(), 0
+        faults.hold(step, lambda: stop.requested)  # tests only: wait here for a signal
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.max_steps:
             last_eval = evaluate(step)
         if step % cfg.train.checkpoint_every == 0 and step < cfg.train.max_steps:

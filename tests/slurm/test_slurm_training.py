@@ -54,6 +54,8 @@ def runs(slurm, slurm_tmp):
             "OUTPUT_DIR": str(run_dir),
             "PROCS_PER_NODE": "1",
         }
+        if name == "preempted":  # hold after this step until USR1 arrives, however fast training is
+            env["PIPELINE_FAULT"] = f"hold@{PREEMPT_AFTER}"
         job = slurm.submit("train-cpu.sbatch", "-N2", "--time=10", log=log, env=env)
         jobs[name] = (job, run_dir, log)
     return jobs
