@@ -36,11 +36,8 @@ def export_module(
             _write(objective, copy, folder, ctx)
         accelerator.wait_for_everyone()
         return folder
-    state = accelerator.get_state_dict(module)  # full weights, gathered under ZeRO-3
-    if ctx.is_main:
-        unwrapped = accelerator.unwrap_model(module)
-        unwrapped.load_state_dict(state)
-        _write(objective, unwrapped, folder, ctx)
+    if ctx.is_main:  # DDP: every process holds the full weights; the main one writes them
+        _write(objective, accelerator.unwrap_model(module), folder, ctx)
     accelerator.wait_for_everyone()
     return folder
 
