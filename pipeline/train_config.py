@@ -6,7 +6,7 @@ Every field's docstring is its help text (`python -m pipeline train --help`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pipeline.config import check_minimums
 from pipeline.models.base import ModelConfig
@@ -44,16 +44,21 @@ class DataConfig:
     """At most this many held-out examples (blocks) are evaluated."""
 
     def validate(self) -> list[str]:
-        problems = []
-        if not self.path:
-            problems.append("path must name at least one source")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            problems.append(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        problems = source_problems(self)
         if self.block_size < 8:
             problems.append(f"block_size must be at least 8, got {self.block_size}")
-        if self.num_workers < 0:
-            problems.append(f"num_workers must be >= 0, got {self.num_workers}")
         return problems
+
+
+def source_problems(data: Any) -> list[str]:
+    """Checks every data section shares (pretraining and fine-tuning): a source, a held-out
+    fraction in [0, 1) and a non-negative number of loader workers."""
+    problems = check_minimums(data, {"num_workers": 0})
+    if not data.path:
+        problems.insert(0, "path must name at least one source")
+    if not 0.0 <= data.eval_fraction < 1.0:
+        problems.append(f"eval_fraction must be in [0, 1), got {data.eval_fraction}")
+    return problems
 
 
 @dataclass

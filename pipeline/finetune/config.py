@@ -10,9 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipeline.config import check_minimums
 from pipeline.finetune import objective as _objective  # noqa: F401  (registers `seqcls`)
 from pipeline.objectives.base import ObjectiveConfig
-from pipeline.train_config import EngineConfig, LogConfig, OptimConfig, TrainConfig
+from pipeline.train_config import (
+    EngineConfig,
+    LogConfig,
+    OptimConfig,
+    TrainConfig,
+    source_problems,
+)
 
 
 @dataclass
@@ -57,25 +64,14 @@ class FinetuneDataConfig:
         return False
 
     def validate(self) -> list[str]:
-        problems = []
-        if not self.path:
-            problems.append("path must name at least one source")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            problems.append(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-        if self.chunk_words < 0:
-            problems.append(f"chunk_words must be >= 0, got {self.chunk_words}")
-        if self.max_length < 4:
-            problems.append(f"max_length must be at least 4, got {self.max_length}")
+        problems = source_problems(self) + check_minimums(
+            self,
+            {"chunk_words": 0, "max_length": 4, "max_train_examples": 1, "max_eval_examples": 1},
+        )
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             problems.append(f"labels must be distinct, got {self.labels}")
         if self.labels is not None and len(self.labels) < 2:
             problems.append(f"labels must name at least 2 classes, got {self.labels}")
-        if self.max_train_examples is not None and self.max_train_examples < 1:
-            problems.append(f"max_train_examples must be >= 1, got {self.max_train_examples}")
-        if self.max_eval_examples < 1:
-            problems.append(f"max_eval_examples must be >= 1, got {self.max_eval_examples}")
-        if self.num_workers < 0:
-            problems.append(f"num_workers must be >= 0, got {self.num_workers}")
         if self.text_column == self.label_column:
             problems.append("text_column and label_column must differ")
         return problems
@@ -89,6 +85,9 @@ class FinetuneModelConfig:
     init: Literal["pretrained", "random"] = "pretrained"
     """pretrained: load the export's encoder weights; random: the same architecture with fresh
     weights (the baseline that shows what pretraining is worth)."""
+    dropout: float | None = None
+    """Hidden and attention dropout while fine-tuning (default: the export's). Pretraining
+    recipes often switch dropout off; a small labelled set needs it back (BERT used 0.1)."""
     classifier_dropout: float | None = None
     """Dropout before the classification layer (default: the model's hidden dropout)."""
 
@@ -96,8 +95,10 @@ class FinetuneModelConfig:
         problems = []
         if not self.from_pretrained:
             problems.append("from_pretrained is required (the EXPORT_DIR argument sets it)")
-        if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
-            problems.append(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
+        for key in ("dropout", "classifier_dropout"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value < 1.0:
+                problems.append(f"{key} must be in [0, 1), got {value}")
         return problems
 
 

@@ -135,6 +135,8 @@ class SequenceClassification(Objective):
         mcfg = ctx.cfg.model
         id2label = dict(enumerate(self.labels))
         extra = {}
+        if mcfg.dropout is not None:
+            extra.update(hidden_dropout_prob=mcfg.dropout, attention_probs_dropout_prob=mcfg.dropout)
         if mcfg.classifier_dropout is not None:
             extra["classifier_dropout"] = mcfg.classifier_dropout
         try:

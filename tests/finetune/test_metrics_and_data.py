@@ -108,7 +108,12 @@ def test_config_errors_are_collected():
         load_config(
             FinetuneConfig,
             ROOT / "configs/finetune/bible-sections.yaml",
-            ["data.chunk_words=-1", "model.init=half", "objective.label_smoothing=2"],
+            [
+                "data.chunk_words=-1",
+                "model.init=half",
+                "objective.label_smoothing=2",
+                "model.dropout=1.5",
+            ],
         )
     text = str(err.value)
     assert "3 config errors" in text, text
@@ -117,6 +122,12 @@ def test_config_errors_are_collected():
     assert "model.init must be one of 'pretrained', 'random'" in text
     with pytest.raises(ConfigError, match="from_pretrained is required"):
         load_config(FinetuneConfig, ROOT / "configs/finetune/bible-sections.yaml")
+    with pytest.raises(ConfigError, match=r"model.dropout must be in \[0, 1\), got 1.5"):
+        load_config(
+            FinetuneConfig,
+            ROOT / "configs/finetune/bible-sections.yaml",
+            ["model.from_pretrained=runs/tiny/export", "model.dropout=1.5"],
+        )
 
 
 def test_finetune_command_refuses_a_folder_that_is_not_an_export(tmp_path):
