@@ -8,7 +8,9 @@ The default task is configs/finetune/bible-sections.yaml: which of six sections 
 24-word passage comes from, test passages held out by chapter (the corpus's validation
 chapters). The learning rate is chosen for EACH start separately over the same grid, on a
 validation split cut by chapter from the *training* chapters (never on the test chapters); the
-chosen lr is then fine-tuned on the training chapters and scored on the test chapters. The
+chosen lr is then fine-tuned on the training chapters with each of --seeds (model init, data
+order and dropout change with the seed) and scored on the test chapters; the verdict is on the
+mean over seeds, and a win must hold on every seed. The
 pretrained export is cached under --out and reused by later runs. Fine-tunes run two at a time,
 one thread each.
 """
@@ -22,6 +24,7 @@ import hashlib
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -128,11 +131,11 @@ def masked_accuracy(pretrain_dir: Path) -> float | None:
     return evals[-1]["mlm_accuracy"] if evals else None
 
 
-def common_overrides(args: argparse.Namespace) -> list[str]:
+def common_overrides(args: argparse.Namespace, seed: int) -> list[str]:
     return [
         f"data.max_train_examples={args.train_examples}",
         f"train.max_steps={args.steps}",
-        f"train.seed={args.seed}",
+        f"train.seed={seed}",
         "train.eval_every=0",
         "train.checkpoint_every=100000",
         "train.resume=never",
@@ -141,8 +144,9 @@ def common_overrides(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def finetune_cmd(args, export: Path, out: Path, init: str, lr: float, name: str, extra) -> list:
-    return ["finetune", str(export), args.config, *common_overrides(args), *extra,
+def finetune_cmd(args, export: Path, out: Path, init: str, lr: float, name: str, seed: int,
+                 extra: list[str]) -> list:  # fmt: skip
+    return ["finetune", str(export), args.config, *common_overrides(args, seed), *extra,
             f"optim.lr={lr}", f"model.init={init}", "--output-dir", str(out / name)]  # fmt: skip
 
 
@@ -167,11 +171,13 @@ def main() -> None:
     p.add_argument("--lrs", default="3e-4,1e-3,3e-3", help="lr grid, tuned for each start")
     p.add_argument("--val-fraction", type=float, default=0.1, help="training chapters for lr")
     p.add_argument("--val-examples", type=int, default=1000, help="validation passages")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="seed of the lr search and the split")
+    p.add_argument("--seeds", default="42,43,44", help="seeds of the final fine-tunes")
     p.add_argument("--jobs", type=int, default=2, help="fine-tunes at a time (one thread each)")
     p.add_argument("--out", default="runs/bench-finetune")
     args = p.parse_args()
     lrs = [float(x) for x in args.lrs.split(",")]
+    seeds = [int(x) for x in args.seeds.split(",")]
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
@@ -197,10 +203,8 @@ def main() -> None:
     t_pre = time.time() - t0
     mlm_acc = masked_accuracy(pre_dir)
 
-    common = common_overrides(args)
-
-    def job(init: str, lr: float, name: str, extra: list[str]) -> list[str]:
-        return finetune_cmd(args, export, out, init, lr, name, extra)
+    def job(init: str, lr: float, name: str, extra: list[str], seed: int = args.seed) -> list:
+        return finetune_cmd(args, export, out, init, lr, name, seed, extra)
 
     inits = ("pretrained", "random")
     grid = {}
@@ -216,15 +220,20 @@ def main() -> None:
             for i in inits}  # fmt: skip
     print(f"fine-tuning from {export} and from random init at "
           f"{', '.join(f'{i} lr {best[i]:g}' for i in inits)} ...", flush=True)  # fmt: skip
-    times = run_all({i: job(i, best[i], i, []) for i in inits}, out, env, export, args.jobs)
-    results = {i: final_eval(out / i) for i in inits}
-    majority, majority_f1, n_eval = majority_baseline(ROOT / args.config, common, export)
+    finals = {(i, s): f"{i}-seed{s}" for i in inits for s in seeds}
+    times = run_all({name: job(i, best[i], name, [], s) for (i, s), name in finals.items()},
+                    out, env, export, args.jobs)  # fmt: skip
+    runs = {key: final_eval(out / name) for key, name in finals.items()}
+    results = {i: {m: statistics.mean(runs[(i, s)][m] for s in seeds)
+                   for m in ("accuracy", "macro_f1", "loss")} for i in inits}  # fmt: skip
+    overrides = common_overrides(args, args.seed)
+    majority, majority_f1, n_eval = majority_baseline(ROOT / args.config, overrides, export)
 
     print()
     print(f"pretrained export: {export}"
           + (f" (held-out masked-token accuracy {mlm_acc:.3f})" if mlm_acc is not None else ""))  # fmt: skip
     print(f"task: {args.config}, {args.train_examples} labelled examples, {n_eval} test "
-          f"passages from held-out chapters; {args.steps} steps, seed {args.seed}")  # fmt: skip
+          f"passages from held-out chapters; {args.steps} steps, seeds {args.seeds}")  # fmt: skip
     if grid:
         print(f"validation accuracy / macro-F1 by lr (held-out training chapters, "
               f"{args.val_examples} passages max):")  # fmt: skip
@@ -234,15 +243,22 @@ def main() -> None:
                      for lr in lrs]  # fmt: skip
             print(f"{i:<12}" + "".join(f"{c:>16}" for c in cells))
     print("test (held-out chapters), each start at its best validation lr:")
-    print(f"{'init':<12}{'lr':>8}{'accuracy':>10}{'macro-F1':>10}{'test loss':>11}{'time':>8}")
+    print(f"{'init':<12}{'seed':>6}{'lr':>8}{'accuracy':>10}{'macro-F1':>10}{'test loss':>11}"
+          f"{'time':>8}")  # fmt: skip
+    for (i, s), name in finals.items():
+        r = runs[(i, s)]
+        print(f"{i:<12}{s:>6}{best[i]:>8g}{r['accuracy']:>10.3f}{r['macro_f1']:>10.3f}"
+              f"{r['loss']:>11.3f}{_secs(times[name]):>8}")  # fmt: skip
     for i, r in results.items():
-        print(f"{i:<12}{best[i]:>8g}{r['accuracy']:>10.3f}{r['macro_f1']:>10.3f}"
-              f"{r['loss']:>11.3f}{_secs(times[i]):>8}")  # fmt: skip
-    print(f"{'majority':<12}{'':>8}{majority:>10.3f}{majority_f1:>10.3f}   "
+        print(f"{i:<12}{'mean':>6}{best[i]:>8g}{r['accuracy']:>10.3f}{r['macro_f1']:>10.3f}"
+              f"{r['loss']:>11.3f}")  # fmt: skip
+    print(f"{'majority':<12}{'':>14}{majority:>10.3f}{majority_f1:>10.3f}   "
           f"(always the most frequent class)")  # fmt: skip
     gain_acc = results["pretrained"]["accuracy"] - results["random"]["accuracy"]
     gain_f1 = results["pretrained"]["macro_f1"] - results["random"]["macro_f1"]
-    verdict = "pretraining wins" if gain_acc > 0 and gain_f1 > 0 else "pretraining does NOT win"
+    every_seed = all(runs[("pretrained", s)][m] > runs[("random", s)][m]
+                     for s in seeds for m in ("accuracy", "macro_f1"))  # fmt: skip
+    verdict = "pretraining wins" if every_seed else "pretraining does NOT win on every seed"
     print(f"{verdict}: {gain_acc:+.3f} accuracy, {gain_f1:+.3f} macro-F1 "
           f"(pretraining took {t_pre:.0f}s; total {time.time() - t0:.0f}s)")  # fmt: skip
 
