@@ -12,17 +12,39 @@ processes holding shards compute exactly the update one process would.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
 
 from pipeline.stages.dist import Comm
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def serial_ops(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run fn with one intra-op CPU thread: the parallelism is Points.map's pool of chunks.
+
+    On a busy machine an OpenMP region waits for its slowest thread's next time slice, so a
+    cat or sum over all rows in the calling thread could take 50x its serial time."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
 
 
 class Points:
@@ -41,6 +63,7 @@ class Points:
         self.mmap = isinstance(data, np.memmap)
         self.n, self.dim = int(data.shape[0]), int(data.shape[1])
         self.workers = torch.get_num_threads() if device.type == "cpu" else 1
+        self._pool: ThreadPoolExecutor | None = None
         if self.mmap:
             self.data = data
             self._aug = self._sq = None
@@ -69,17 +92,21 @@ class Points:
         """fn(start, augmented rows, squared norms) on every chunk, results in chunk order."""
         if self.workers <= 1 or self.n <= self.chunk:
             return [fn(*c) for c in self.chunks()]
-        chunks, results = self.chunks(), []
         threads = torch.get_num_threads()
+        if self._pool is None:  # kept: a pass is cheap enough for thread start-up to show
+            self._pool = ThreadPoolExecutor(
+                self.workers, initializer=torch.set_num_threads, initargs=(1,)
+            )
         try:
-            with ThreadPoolExecutor(self.workers, initializer=torch.set_num_threads,
-                                    initargs=(1,)) as pool:  # fmt: skip
-                # a few chunks at a time: a memmap is never read into memory at once
-                while wave := list(itertools.islice(chunks, 2 * self.workers)):
-                    results.extend(pool.map(lambda c: fn(*c), wave))
+            if not self.mmap:  # all chunks at once: a thread never waits for a slow sibling
+                return list(self._pool.map(lambda c: fn(*c), self.chunks()))
+            chunks, results = self.chunks(), []
+            # a few chunks at a time: a memmap is never read into memory at once
+            while wave := list(itertools.islice(chunks, 2 * self.workers)):
+                results.extend(self._pool.map(lambda c: fn(*c), wave))
+            return results
         finally:
             torch.set_num_threads(threads)
-        return results
 
     def take(self, index: torch.Tensor) -> torch.Tensor:
         if not self.mmap:
@@ -119,37 +146,93 @@ class PassStats:
     counts: torch.Tensor  # (k,) float64, all processes
     labels: torch.Tensor  # (n_local,) int64
     mind: torch.Tensor  # (n_local,) float32 squared distance to the nearest centroid
+    changed: int = -1  # rows (all processes) whose label differs from the previous pass
 
 
+@serial_ops
 def assign(points: Points, centers: torch.Tensor, comm: Comm) -> PassStats:
     """E-step over this process's rows, then all-reduce of inertia, sums and counts."""
     k, d = centers.shape
-    ca_t = augmented(centers).T.contiguous()
+    ca = augmented(centers).contiguous()
     labels = torch.empty(points.n, dtype=torch.int64, device=points.device)
     mind = torch.empty(points.n, dtype=torch.float32, device=points.device)
 
     def one_chunk(start: int, xa: torch.Tensor, x_sq: torch.Tensor) -> torch.Tensor:
-        # argmin of ||c||^2 - 2 x.c is the argmin of the distance; ||x||^2 is added after
-        best, lab = (xa @ ca_t).min(1)
+        # argmin of ||c||^2 - 2 x.c is the argmin of the distance; ||x||^2 is added after.
+        # (k, chunk) layout: reductions over dim 0 run along contiguous rows (vectorised)
+        best, lab = (ca @ xa.T).min(0)
         labels[start : start + len(xa)] = lab
         mind[start : start + len(xa)] = (best + x_sq).clamp_min_(0.0)
-        # per-cluster sums, and counts in the last column (the ones of [x, 1])
-        return torch.zeros(k, d + 1, device=points.device).index_add_(0, lab, xa)
+        # per-cluster sums, and counts in the last column (the ones of [x, 1]); float64 sums
+        # of float32 rows are exact in practice, so they can later be updated incrementally
+        return torch.zeros(k, d + 1, dtype=torch.float64, device=points.device).index_add_(
+            0, lab, xa.double()
+        )
 
-    # float32 within a chunk, float64 across chunks and processes
     total = torch.zeros(k, d + 1, dtype=torch.float64, device=points.device)
     for part in points.map(one_chunk):
-        total += part.double()
+        total += part
+    return _reduce(total, mind, labels, comm)
+
+
+def _reduce(
+    total: torch.Tensor, mind: torch.Tensor, labels: torch.Tensor, comm: Comm, moved: int = -1
+) -> PassStats:
+    """One all-reduce of this process's (k, d + 1) sums-and-counts, inertia and moved rows."""
+    k, d = total.shape[0], total.shape[1] - 1
     inertia = mind.sum(dtype=torch.float64).reshape(1)
-    packed = comm.sum_(torch.cat([total.flatten(), inertia]))
-    total = packed[:-1].view(k, d + 1)
+    extra = torch.tensor([float(moved)], dtype=torch.float64, device=total.device)
+    packed = comm.sum_(torch.cat([total.flatten(), inertia, extra]))
+    total = packed[:-2].view(k, d + 1)
     return PassStats(
-        inertia=float(packed[-1]),
+        inertia=float(packed[-2]),
         sums=total[:, :d],
         counts=total[:, d],
         labels=labels,
         mind=mind,
+        changed=int(packed[-1]) if moved >= 0 else -1,
     )
+
+
+@serial_ops
+def reassign(points: Points, centers: torch.Tensor, prev: PassStats, comm: Comm) -> PassStats:
+    """assign() given the previous pass: only the rows whose label changes pay for an argmin
+    and for moving their contribution between the sums (late Lloyd steps move few rows).
+
+    A row keeps its label unless another centre is strictly nearer, so labels equal assign()'s
+    except on exact ties (assign() takes the lowest index). `changed` counts moved rows.
+    """
+    k, d = centers.shape
+    ca = augmented(centers).contiguous()
+    labels = prev.labels.clone()
+    mind = torch.empty(points.n, dtype=torch.float32, device=points.device)
+
+    def one_chunk(start: int, xa: torch.Tensor, x_sq: torch.Tensor) -> tuple[torch.Tensor, int]:
+        stop = start + len(xa)
+        e = ca @ xa.T  # (k, chunk): ||c||^2 - 2 x.c
+        best = e.amin(0)  # values only: several times cheaper than min()'s indices
+        mind[start:stop] = (best + x_sq).clamp_min(0.0)
+        old = labels[start:stop]
+        moved = torch.nonzero(e.gather(0, old[None])[0] > best).flatten()
+        if not len(moved):
+            return zero, 0
+        new = e[:, moved].argmin(0)
+        xm = xa[moved].double()
+        delta = torch.zeros(k, d + 1, dtype=torch.float64, device=points.device)
+        delta.index_add_(0, new, xm).index_add_(0, old[moved], xm, alpha=-1.0)
+        labels[start + moved] = new
+        return delta, len(moved)
+
+    zero = torch.zeros(k, d + 1, dtype=torch.float64, device=points.device)
+    local, moved = zero.clone(), 0
+    for delta, m in points.map(one_chunk):
+        local += delta
+        moved += m
+    # the deltas are all-reduced, so every process adds the same change to the same sums
+    stats = _reduce(local, mind, labels, comm, moved)
+    stats.sums = prev.sums + stats.sums
+    stats.counts = prev.counts + stats.counts
+    return stats
 
 
 def farthest(points: Points, mind: torch.Tensor, m: int, comm: Comm) -> torch.Tensor:
@@ -189,12 +272,14 @@ def _sq_dist(points: Points, c: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+@serial_ops
 def init_random(points: Points, k: int, gen: torch.Generator, comm: Comm) -> torch.Tensor:
     offset, total = _layout(points, comm)
     index = torch.randperm(total, generator=gen)[:k].to(points.device)
     return _global_rows(points, index, comm, offset)
 
 
+@serial_ops
 def init_kmeans_pp(
     points: Points, k: int, gen: torch.Generator, comm: Comm, trials: int | None = None
 ) -> torch.Tensor:
@@ -246,6 +331,7 @@ class Fit:
     converged: bool = False
 
 
+@serial_ops
 def lloyd(
     points: Points,
     centers: torch.Tensor,
@@ -257,21 +343,21 @@ def lloyd(
     """Lloyd iterations until labels stop changing, the centre shift (sum of squared moves)
     is at most `tol`, or max_iter. Ends with an assignment to the final centres."""
     history: list[float] = []
-    prev_labels = None
+    stats: PassStats | None = None
     converged = False
     it = 0
     for it in range(1, max_iter + 1):
-        stats = assign(points, centers, comm)
+        stats = (
+            assign(points, centers, comm)
+            if stats is None
+            else reassign(points, centers, stats, comm)
+        )
         history.append(stats.inertia)
         if on_iter:
             on_iter(it, stats.inertia)
-        changed = torch.ones(1, device=points.device)
-        if prev_labels is not None:
-            changed = comm.sum_((stats.labels != prev_labels).sum().double().reshape(1))
-        if float(changed) == 0:  # strict convergence: the assignment is a fixed point
+        if stats.changed == 0:  # strict convergence: the assignment is a fixed point
             converged = True
             break
-        prev_labels = stats.labels
         new = stats.sums / stats.counts.clamp_min(1)[:, None]
         empty = torch.nonzero(stats.counts == 0).flatten()
         if len(empty):
@@ -282,10 +368,16 @@ def lloyd(
         if shift <= tol:
             converged = True
             break
-    final = assign(points, centers, comm)
+    if stats is None:
+        final = assign(points, centers, comm)
+    elif stats.changed == 0:  # the centres are the ones this pass assigned to
+        final = stats
+    else:
+        final = reassign(points, centers, stats, comm)
     return Fit(centers, final.labels, final.inertia, it, history, converged)
 
 
+@serial_ops
 def minibatch(
     points: Points,
     centers: torch.Tensor,
@@ -318,6 +410,7 @@ def minibatch(
     return Fit(centers.float(), final.labels, final.inertia, steps, [final.inertia], True)
 
 
+@serial_ops
 def fit(
     points: Points,
     k: int,

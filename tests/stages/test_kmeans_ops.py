@@ -87,3 +87,46 @@ def test_memmap_rows_give_the_same_fit(tmp_path):
     b = ops.fit(ops.Points(mm, CPU, chunk=300), 10, Comm(), seed=3)
     assert torch.allclose(a.centers, b.centers, atol=1e-5)
     assert math.isclose(a.inertia, b.inertia, rel_tol=1e-6)
+
+
+def _plain_lloyd(x: torch.Tensor, c: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Textbook Lloyd in float64: full argmin and fresh means at every step."""
+    x, c = x.double(), c.double()
+    for _ in range(iters):
+        lab = torch.cdist(x, c).argmin(1)
+        counts = torch.bincount(lab, minlength=len(c)).double()
+        sums = torch.zeros_like(c).index_add_(0, lab, x)
+        c = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], c)
+    return torch.cdist(x, c).argmin(1), c
+
+
+def test_incremental_lloyd_matches_plain_lloyd():
+    # several chunks and 2 workers: only moved rows get an argmin and update the sums
+    gen = torch.Generator().manual_seed(0)
+    x = (
+        torch.randn(5000, 6, generator=gen)
+        + 3 * torch.randn(12, 6, generator=gen).repeat(417, 1)[:5000]
+    )
+    points = ops.Points(x.numpy(), CPU, chunk=700)
+    start = ops.init_random(points, 12, gen, Comm())
+    fit = ops.lloyd(points, start, Comm(), max_iter=25, tol=0.0)
+    labels, centers = _plain_lloyd(x, start, fit.n_iter)
+    assert fit.n_iter > 5
+    assert (fit.labels == labels).all()
+    assert torch.allclose(fit.centers.double(), centers, atol=1e-4)
+    again = ops.assign(points, fit.centers, Comm())  # the running sums equal fresh ones
+    assert torch.allclose(again.counts, torch.bincount(labels, minlength=12).double())
+    assert math.isclose(again.inertia, fit.inertia, rel_tol=1e-6)
+
+
+def test_greedy_kmeans_pp_starts_lower_than_plain():
+    # scikit-learn's greedy variant (2 + log k candidates per centre) against one candidate
+    x, _ = make_blobs(3000, centers=30, n_features=5, cluster_std=2.0, random_state=0)
+    points = ops.Points(x.astype(np.float32), CPU, chunk=1000)
+    greedy, plain = [], []
+    for seed in range(8):
+        for trials, out in ((None, greedy), (1, plain)):
+            gen = torch.Generator().manual_seed(seed)
+            c = ops.init_kmeans_pp(points, 30, gen, Comm(), trials=trials)
+            out.append(ops.assign(points, c, Comm()).inertia)
+    assert np.mean(greedy) < np.mean(plain), (greedy, plain)
