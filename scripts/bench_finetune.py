@@ -48,9 +48,10 @@ def wait(proc: subprocess.Popen, log: Path) -> None:
 
 
 def job_key(cmd: list[str], export: Path) -> str:
-    """What a fine-tune's result depends on: its command (the export by content, not path) and
-    the export's config and tokenizer, plus its weights when they are loaded."""
+    """What a fine-tune's result depends on: its command (the export by content, not path), the
+    recipe's content, and the export's config and tokenizer, plus its weights when loaded."""
     h = hashlib.sha256(json.dumps([c.replace(str(export), "EXPORT") for c in cmd]).encode())
+    h.update((ROOT / cmd[2]).read_bytes())  # ["finetune", EXPORT, CONFIG, ...]
     names = ["config.json", "tokenizer.json", "tokenizer_config.json"]
     if "model.init=pretrained" in cmd:
         names.append("model.safetensors")

@@ -37,3 +37,30 @@ def test_bench_finetune_prints_every_seed_the_means_and_a_verdict(tiny_export, t
     assert "validation accuracy / macro-F1 by lr" in first
     second = _bench(tiny_export, tmp_path / "bench")  # nothing changed: every run is reused
     assert second.count("reused") == 4, second
+
+
+def test_bench_finetune_reruns_a_fine_tune_whose_recipe_changed(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_ft", ROOT / "scripts/bench_finetune.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    export = tmp_path / "export"
+    export.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"):
+        (export / name).write_text(name)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("optim:\n  lr: 1.0e-3\n")
+    cmd = ["finetune", str(export), str(recipe), "model.init=pretrained"]
+    key = bench.job_key(cmd, export)
+    assert bench.job_key(cmd, export) == key
+    recipe.write_text("optim:\n  lr: 3.0e-3\n")
+    assert bench.job_key(cmd, export) != key  # the recipe is read by content
+    recipe.write_text("optim:\n  lr: 1.0e-3\n")
+    (export / "model.safetensors").write_text("other weights")
+    assert bench.job_key(cmd, export) != key
+    before = bench.job_key(["finetune", str(export), str(recipe), "model.init=random"], export)
+    moved = export.rename(tmp_path / "moved")  # the export is keyed by content, not by path
+    assert (
+        bench.job_key(["finetune", str(moved), str(recipe), "model.init=random"], moved) == before
+    )
