@@ -31,7 +31,7 @@ def run(tiny_export, topic_data, tmp_path_factory):
              "data.label_column=topic", "data.labels=null", "data.chunk_words=0",
              "data.max_length=32", "optim.lr=3e-3", f"train.max_steps={STEPS}",
              "train.micro_batch_size=8", "train.eval_every=40", "train.log_every=10",
-             "train.checkpoint_every=1000", "train.push_to_hub=alice/topics",
+             "train.checkpoint_every=1000", "train.push_to_hub=alice/topics", "model.dropout=0.05",
              "log.progress_bar=false", "log.plots=false", "log.trackers=[tensorboard]",
              "--output-dir", str(out)],
             launcher="accelerate", nproc=2, timeout=900,
@@ -68,6 +68,7 @@ def test_export_loads_in_stock_transformers_and_matches_logged_metrics(run, topi
     export = out / "export"
     config = json.loads((export / "config.json").read_text())
     assert config["architectures"] == ["BertForSequenceClassification"]
+    assert config["hidden_dropout_prob"] == config["attention_probs_dropout_prob"] == 0.05
     assert config["id2label"] == {str(i): c for i, c in enumerate(sorted(CLASSES))}
     assert sorted(p.name for p in export.iterdir() if p.suffix in (".bin", ".pt", ".pkl")) == []
     rows = [json.loads(line) for line in topic_data["eval"].read_text().splitlines()]
