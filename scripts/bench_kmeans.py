@@ -4,15 +4,24 @@
     python scripts/bench_kmeans.py --quick    # smaller synthetic sets (a smoke run)
     python scripts/bench_kmeans.py --device cuda
 
-Same data, k, initialisation method (k-means++; faiss only has random init), n_init and
-iteration budget for every method (tol=0: iterate until the labels stop changing or
---max-iter). Wall time includes initialisation. Inertia is the sum of squared distances to the
-nearest centroid, computed for every method by the method itself (faiss: one search pass).
+Same data, k, initialisation method (greedy k-means++ with 2 + log k candidates per centre;
+faiss only has random init), n_init and iteration budget for every method (tol=0: iterate until
+the labels stop changing or --max-iter). Wall time includes initialisation. Inertia is the sum
+of squared distances to the nearest centroid, computed for every method by the method itself
+(faiss: one search pass).
+
+With n_init=1 the inertia a run reaches depends on its start (+-2% between seeds on the
+synthetic sets), so every method runs --seeds seeds, interleaved (a change in the machine's load
+hits all methods alike); the table gives the mean inertia and iterations, the median seconds,
+and the speed-up as scikit-learn's total time over the method's. Every method may use all the
+cores: torch's thread count and scikit-learn's OpenMP/BLAS thread counts are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,34 +49,36 @@ def datasets(quick: bool) -> list[tuple[str, np.ndarray, int, int]]:
     return out
 
 
-def ours(x: np.ndarray, k: int, n_init: int, max_iter: int, device: str) -> tuple:
+def ours(x: np.ndarray, k: int, n_init: int, max_iter: int, seed: int, device: str) -> tuple:
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    fit = ops.fit(ops.Points(x, dev), k, Comm(), seed=0, n_init=n_init, max_iter=max_iter, tol=0.0)
+    fit = ops.fit(
+        ops.Points(x, dev), k, Comm(), seed=seed, n_init=n_init, max_iter=max_iter, tol=0.0
+    )
     if dev.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start, fit.inertia, fit.n_iter
 
 
-def sklearn(x: np.ndarray, k: int, n_init: int, max_iter: int) -> tuple:
+def sklearn(x: np.ndarray, k: int, n_init: int, max_iter: int, seed: int) -> tuple:
     from sklearn.cluster import KMeans
 
     start = time.perf_counter()
-    km = KMeans(k, init="k-means++", n_init=n_init, max_iter=max_iter, tol=0.0, random_state=0)
+    km = KMeans(k, init="k-means++", n_init=n_init, max_iter=max_iter, tol=0.0, random_state=seed)
     km.fit(x)
     return time.perf_counter() - start, float(km.inertia_), int(km.n_iter_)
 
 
-def faiss_kmeans(x: np.ndarray, k: int, n_init: int, max_iter: int) -> tuple | None:
+def faiss_kmeans(x: np.ndarray, k: int, n_init: int, max_iter: int, seed: int) -> tuple | None:
     try:
         import faiss
     except ImportError:
         return None
     start = time.perf_counter()
     # all points (faiss subsamples to 256 per centroid by default), random init (its only one)
-    km = faiss.Kmeans(x.shape[1], k, niter=max_iter, nredo=n_init, seed=1,
+    km = faiss.Kmeans(x.shape[1], k, niter=max_iter, nredo=n_init, seed=seed + 1,
                       max_points_per_centroid=10**9)  # fmt: skip
     km.train(x)
     seconds = time.perf_counter() - start
@@ -75,33 +86,51 @@ def faiss_kmeans(x: np.ndarray, k: int, n_init: int, max_iter: int) -> tuple | N
     return seconds, float(dist.sum(dtype=np.float64)), max_iter
 
 
+def threads() -> str:
+    from threadpoolctl import threadpool_info
+
+    pools = sorted({f"{p['user_api']} {p['num_threads']}" for p in threadpool_info()})
+    return f"torch threads {torch.get_num_threads()}; scikit-learn/numpy pools: {', '.join(pools)}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller synthetic sets")
     parser.add_argument("--max-iter", type=int, default=50, help="iteration budget per init")
+    parser.add_argument("--seeds", type=int, default=3, help="runs per method, seeds 0..N-1")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     rows = []
-    print(f"torch threads: {torch.get_num_threads()}, device: {args.device}")
+    print(f"{os.cpu_count()} cores; {threads()}; device: {args.device}")
+    print("load average (1, 5, 15 min) at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     for name, x, k, n_init in datasets(args.quick):
         print(f"... {name}", flush=True)
-        results = {"sklearn": sklearn(x, k, n_init, args.max_iter)}
-        results["ours (torch)"] = ours(x, k, n_init, args.max_iter, args.device)
-        found = faiss_kmeans(x, k, n_init, args.max_iter)
-        if found is not None:
-            results["faiss-cpu (random init)"] = found
-        ref_s, ref_inertia, _ = results["sklearn"]
-        for method, (seconds, inertia, iters) in results.items():
-            rows.append((name, f"{x.shape[0]}x{x.shape[1]}", k, n_init, method, iters, seconds,
-                         inertia, inertia / ref_inertia - 1, ref_s / seconds))  # fmt: skip
-    head = ("data", "n x d", "k", "n_init", "method", "iters", "seconds", "inertia",
-            "vs sklearn", "speed-up")  # fmt: skip
+        runs: dict[str, list[tuple]] = {}
+        for seed in range(args.seeds):
+            runs.setdefault("sklearn", []).append(sklearn(x, k, n_init, args.max_iter, seed))
+            runs.setdefault("ours (torch)", []).append(
+                ours(x, k, n_init, args.max_iter, seed, args.device)
+            )
+            found = faiss_kmeans(x, k, n_init, args.max_iter, seed)
+            if found is not None:
+                runs.setdefault("faiss-cpu (random init)", []).append(found)
+        ref_total = sum(r[0] for r in runs["sklearn"])
+        ref_inertia = statistics.fmean(r[1] for r in runs["sklearn"])
+        for method, results in runs.items():
+            secs, inertias, iters = zip(*results)
+            inertia = statistics.fmean(inertias)
+            rows.append((name, f"{x.shape[0]}x{x.shape[1]}", k, n_init, len(results), method,
+                         statistics.fmean(iters), statistics.median(secs), inertia,
+                         inertia / ref_inertia - 1, ref_total / sum(secs)))  # fmt: skip
+    print("load average (1, 5, 15 min) at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    head = ("data", "n x d", "k", "n_init", "runs", "method", "iters", "seconds (median)",
+            "inertia (mean)", "vs sklearn", "speed-up")  # fmt: skip
     print()
     print(" | ".join(head))
     print(" | ".join("---" for _ in head))
     for r in rows:
-        print(f"{r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]:.2f} | {r[7]:.6g} | "
-              f"{r[8]:+.3%} | {r[9]:.2f}x")  # fmt: skip
+        print(f"{r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]:.0f} | {r[7]:.2f} | "
+              f"{r[8]:.6g} | {r[9]:+.3%} | {r[10]:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -265,18 +265,62 @@ def _layout(points: Points, comm: Comm) -> tuple[int, int]:
     return int(sizes[: comm.rank].sum()), int(sizes.sum())
 
 
-def _sq_dist(points: Points, c: torch.Tensor) -> torch.Tensor:
-    """(n_local, m) squared distances to a few points c (m, d)."""
-    ca = augmented(c).T.contiguous()
-    parts = points.map(lambda _, xa, x_sq: (xa @ ca + x_sq[:, None]).clamp_min_(0.0))
-    return torch.cat(parts)
-
-
 @serial_ops
 def init_random(points: Points, k: int, gen: torch.Generator, comm: Comm) -> torch.Tensor:
     offset, total = _layout(points, comm)
     index = torch.randperm(total, generator=gen)[:k].to(points.device)
     return _global_rows(points, index, comm, offset)
+
+
+def _pp_pass(
+    points: Points,
+    cand: torch.Tensor,
+    out: torch.Tensor,
+    closest: torch.Tensor | None,
+) -> torch.Tensor:
+    """out[:, :m] = min(closest, D^2 to the m candidates), chunk by chunk in the pool;
+    returns the (chunks, m) float64 sums of each chunk's column (its potential)."""
+    ca = augmented(cand).T.contiguous()
+    m = len(cand)
+
+    def one_chunk(start: int, xa: torch.Tensor, x_sq: torch.Tensor) -> torch.Tensor:
+        dist = out[start : start + len(xa), :m]
+        torch.addmm(x_sq[:, None], xa, ca, out=dist).clamp_min_(0.0)
+        if closest is not None:
+            torch.minimum(dist, closest[start : start + len(xa), None], out=dist)
+        return dist.sum(0, dtype=torch.float64)
+
+    parts = points.map(one_chunk)
+    if not parts:
+        return torch.zeros(0, m, dtype=torch.float64, device=points.device)
+    return torch.stack(parts)
+
+
+def _locate(
+    points: Points, u: torch.Tensor, closest: torch.Tensor, chunk_pots: torch.Tensor, comm: Comm
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows where the draws u (in [0, total potential)) fall in the concatenation of all
+    shards' cumulative D^2: (mask of draws this process owns, their local row indices)."""
+    local_pot = chunk_pots.sum().reshape(1)
+    before = float(comm.gather(local_pot)[: comm.rank].sum())
+    top = before + float(local_pot)
+    mine = (u >= before) & (u < top) if points.n else torch.zeros_like(u, dtype=torch.bool)
+    if comm.rank == comm.world - 1 and points.n:  # draws at the very top (rounding): the last
+        mine |= u >= top
+    index = torch.zeros(len(u), dtype=torch.int64, device=points.device)
+    if mine.any():
+        # the chunk first (its potential is known), then a cumsum over that chunk only
+        chunk_cum = torch.cumsum(chunk_pots, 0) + before
+        for i in torch.nonzero(mine).flatten().tolist():
+            c = min(
+                int(torch.searchsorted(chunk_cum, u[i : i + 1], right=True)), len(chunk_cum) - 1
+            )
+            start, stop = c * points.chunk, min((c + 1) * points.chunk, points.n)
+            cum = torch.cumsum(closest[start:stop].double(), 0)
+            cum += float(chunk_cum[c - 1]) if c else before
+            row = int(torch.searchsorted(cum, u[i : i + 1], right=True))
+            index[i] = start + min(row, stop - start - 1)
+    return mine, index
 
 
 @serial_ops
@@ -288,33 +332,30 @@ def init_kmeans_pp(
 
     Every process draws the same uniform numbers from `gen`, and the candidate is located in
     the concatenation of all shards, so the centres do not depend on the number of processes.
+    Candidates' distances go to one of two (n, trials) buffers; the winner's column becomes
+    `closest` in place, without a copy.
     """
     trials = trials or 2 + int(math.log(k))
     offset, total = _layout(points, comm)
     first = torch.randint(total, (1,), generator=gen).to(points.device)
     centers = [_global_rows(points, first, comm, offset)]
-    closest = _sq_dist(points, centers[0])[:, 0]
-    potential = float(comm.sum_(closest.sum(dtype=torch.float64).reshape(1)))
-    for _ in range(1, k):
+    bufs = [torch.empty(points.n, trials, device=points.device) for _ in range(2)]
+    chunk_pots = _pp_pass(points, centers[0], bufs[0], None)[:, 0]
+    closest = bufs[0][:, 0]
+    potential = float(comm.sum_(chunk_pots.sum().reshape(1)))
+    for step in range(1, k):
         u = torch.rand(trials, generator=gen, dtype=torch.float64).to(points.device) * potential
-        # which process owns each draw, then which of its rows
-        local_pot = closest.sum(dtype=torch.float64).reshape(1)
-        pots = comm.gather(local_pot)
-        before = float(pots[: comm.rank].sum())
-        cum = torch.cumsum(closest.double(), 0) + before
-        index = torch.searchsorted(cum, u, right=True).clamp_(max=max(points.n - 1, 0))
-        mine = (u >= before) & (u < before + float(local_pot)) if points.n else u < -1
-        if comm.rank == comm.world - 1:  # draws at the very top (rounding) belong to the last
-            mine |= u >= before + float(local_pot)
+        mine, index = _locate(points, u, closest, chunk_pots, comm)
         cand = torch.zeros(trials, points.dim, dtype=torch.float64, device=points.device)
         if mine.any():
             cand[mine] = points.take(index[mine]).double()
         cand = comm.sum_(cand).float()
-        new_closest = torch.minimum(closest[:, None], _sq_dist(points, cand))
-        new_pots = comm.sum_(new_closest.sum(0, dtype=torch.float64))
+        buf = bufs[step % 2]  # the other buffer holds `closest`
+        pots = _pp_pass(points, cand, buf, closest)
+        new_pots = comm.sum_(pots.sum(0))
         best = int(torch.argmin(new_pots))
         centers.append(cand[best : best + 1])
-        closest, potential = new_closest[:, best].contiguous(), float(new_pots[best])
+        closest, chunk_pots, potential = buf[:, best], pots[:, best], float(new_pots[best])
     return torch.cat(centers)
 
 
