@@ -64,6 +64,7 @@ class Points:
         self.n, self.dim = int(data.shape[0]), int(data.shape[1])
         self.workers = torch.get_num_threads() if device.type == "cpu" else 1
         self._pool: ThreadPoolExecutor | None = None
+        self.sq_total: float | None = None  # sum ||x||^2, all processes (see _sq_total)
         if self.mmap:
             self.data = data
             self._aug = self._sq = None
@@ -74,7 +75,7 @@ class Points:
             self.data = self._aug[:, : self.dim]
             self._sq = (self.data * self.data).sum(1)
 
-    def _block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def block(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._aug is not None:
             return self._aug[start:stop], self._sq[start:stop]
         block = np.ones((stop - start, self.dim + 1), dtype=np.float32)
@@ -86,7 +87,7 @@ class Points:
     def chunks(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """(start, augmented rows [x, 1], squared norms ||x||^2)."""
         for start in range(0, self.n, self.chunk):
-            yield (start, *self._block(start, min(start + self.chunk, self.n)))
+            yield (start, *self.block(start, min(start + self.chunk, self.n)))
 
     def map(self, fn: Callable[[int, torch.Tensor, torch.Tensor], Any]) -> list[Any]:
         """fn(start, augmented rows, squared norms) on every chunk, results in chunk order."""
@@ -145,26 +146,78 @@ class PassStats:
     sums: torch.Tensor  # (k, d) float64, all processes
     counts: torch.Tensor  # (k,) float64, all processes
     labels: torch.Tensor  # (n_local,) int64
-    mind: torch.Tensor  # (n_local,) float32 squared distance to the nearest centroid
+    mind: torch.Tensor | None  # (n_local,) float32 squared distance to the nearest centroid
+    centers: torch.Tensor  # the centres these labels are for
+    upper: torch.Tensor  # (n_local,) float32 >= distance to the assigned centre
+    lower: torch.Tensor  # (n_local,) float32 <= distance to every other centre
     changed: int = -1  # rows (all processes) whose label differs from the previous pass
+
+
+def _sq_total(points: Points, comm: Comm) -> float:
+    """sum ||x||^2 over all processes, in float64 from the rows (cached on `points`)."""
+    if points.sq_total is None:
+        parts = points.map(lambda _, xa, __: (xa[:, :-1].double() ** 2).sum().reshape(1))
+        local = torch.cat(parts).sum() if parts else torch.zeros((), dtype=torch.float64)
+        points.sq_total = float(comm.sum_(local.reshape(1).to(points.device)))
+    return points.sq_total
+
+
+def _margin(dim: int) -> float:
+    """Relative error bound of a float32 ||c||^2 - 2 x.c + ||x||^2 (dot products over dim + 1
+    terms), times (||x||^2 + max ||c||^2): the bounds are widened by it, so a row is skipped
+    only when even the rounding of a full recomputation could not change its label."""
+    return 2.4e-7 * (dim + 2)
+
+
+def _reduce(
+    points: Points,
+    centers: torch.Tensor,
+    total: torch.Tensor,
+    comm: Comm,
+    moved: int = -1,
+    prev: PassStats | None = None,
+) -> tuple[float, torch.Tensor, torch.Tensor, int]:
+    """One all-reduce of this process's (k, d + 1) sums-and-counts (or their change since
+    `prev`) and moved rows; the inertia from the sums, in float64:
+    sum_i ||x_i - c_z(i)||^2 = sum ||x||^2 - 2 sum_j c_j . S_j + sum_j n_j ||c_j||^2."""
+    k, d = centers.shape
+    extra = torch.tensor([float(moved)], dtype=torch.float64, device=total.device)
+    packed = comm.sum_(torch.cat([total.flatten(), extra]))
+    total = packed[:-1].view(k, d + 1)
+    sums, counts = total[:, :d], total[:, d]
+    if prev is not None:
+        sums, counts = prev.sums + sums, prev.counts + counts
+    c = centers.double()
+    inertia = _sq_total(points, comm) - 2 * float((c * sums).sum())
+    inertia += float((counts * (c * c).sum(1)).sum())
+    return max(inertia, 0.0), sums, counts, int(packed[-1]) if moved >= 0 else -1
 
 
 @serial_ops
 def assign(points: Points, centers: torch.Tensor, comm: Comm) -> PassStats:
-    """E-step over this process's rows, then all-reduce of inertia, sums and counts."""
+    """E-step over this process's rows, then all-reduce of sums and counts; also the
+    distances to the nearest and second-nearest centres, which start reassign()'s bounds."""
     k, d = centers.shape
     ca = augmented(centers).contiguous()
     labels = torch.empty(points.n, dtype=torch.int64, device=points.device)
     mind = torch.empty(points.n, dtype=torch.float32, device=points.device)
+    upper, lower = torch.empty_like(mind), torch.empty_like(mind)
+    eps, c_sq = _margin(d), float((centers * centers).sum(1).max())
 
     def one_chunk(start: int, xa: torch.Tensor, x_sq: torch.Tensor) -> torch.Tensor:
+        stop = start + len(xa)
         # argmin of ||c||^2 - 2 x.c is the argmin of the distance; ||x||^2 is added after.
         # (k, chunk) layout: reductions over dim 0 run along contiguous rows (vectorised)
-        best, lab = (ca @ xa.T).min(0)
-        labels[start : start + len(xa)] = lab
-        mind[start : start + len(xa)] = (best + x_sq).clamp_min_(0.0)
+        e = ca @ xa.T
+        best, lab = e.min(0)
+        labels[start:stop] = lab
+        mind[start:stop] = (best + x_sq).clamp_min_(0.0)
+        second = e.scatter_(0, lab[None], math.inf).amin(0)
+        tol = eps * (x_sq + c_sq)
+        upper[start:stop] = (best + x_sq + tol).clamp_min_(0.0).sqrt_()
+        lower[start:stop] = (second + x_sq - tol).clamp_min_(0.0).sqrt_()
         # per-cluster sums, and counts in the last column (the ones of [x, 1]); float64 sums
-        # of float32 rows are exact in practice, so they can later be updated incrementally
+        # of float32 rows are exact in practice, so they can be updated incrementally
         return torch.zeros(k, d + 1, dtype=torch.float64, device=points.device).index_add_(
             0, lab, xa.double()
         )
@@ -172,67 +225,74 @@ def assign(points: Points, centers: torch.Tensor, comm: Comm) -> PassStats:
     total = torch.zeros(k, d + 1, dtype=torch.float64, device=points.device)
     for part in points.map(one_chunk):
         total += part
-    return _reduce(total, mind, labels, comm)
-
-
-def _reduce(
-    total: torch.Tensor, mind: torch.Tensor, labels: torch.Tensor, comm: Comm, moved: int = -1
-) -> PassStats:
-    """One all-reduce of this process's (k, d + 1) sums-and-counts, inertia and moved rows."""
-    k, d = total.shape[0], total.shape[1] - 1
-    inertia = mind.sum(dtype=torch.float64).reshape(1)
-    extra = torch.tensor([float(moved)], dtype=torch.float64, device=total.device)
-    packed = comm.sum_(torch.cat([total.flatten(), inertia, extra]))
-    total = packed[:-2].view(k, d + 1)
-    return PassStats(
-        inertia=float(packed[-2]),
-        sums=total[:, :d],
-        counts=total[:, d],
-        labels=labels,
-        mind=mind,
-        changed=int(packed[-1]) if moved >= 0 else -1,
-    )
+    inertia, sums, counts, _ = _reduce(points, centers, total, comm)
+    return PassStats(inertia, sums, counts, labels, mind, centers, upper, lower)
 
 
 @serial_ops
 def reassign(points: Points, centers: torch.Tensor, prev: PassStats, comm: Comm) -> PassStats:
-    """assign() given the previous pass: only the rows whose label changes pay for an argmin
-    and for moving their contribution between the sums (late Lloyd steps move few rows).
+    """assign() after the centres moved from prev.centers, skipping the rows whose label
+    cannot change (Hamerly 2010). Each row carries an upper bound u on the distance to its
+    centre and a lower bound l on the distance to any other; when the centres move by
+    delta_j, u grows by delta of its centre and l shrinks by the largest other delta. A row
+    keeps its label while u <= max(l, half the distance from its centre to the nearest other
+    centre); only the other rows are recomputed, and only those that move update the sums.
 
-    A row keeps its label unless another centre is strictly nearer, so labels equal assign()'s
-    except on exact ties (assign() takes the lowest index). `changed` counts moved rows.
+    A recomputed row keeps its label unless another centre is strictly nearer, so labels equal
+    assign()'s except on exact ties (assign() takes the lowest index). prev's labels and bounds
+    are updated in place. `mind` is None: the inertia comes from the sums.
     """
     k, d = centers.shape
     ca = augmented(centers).contiguous()
-    labels = prev.labels.clone()
-    mind = torch.empty(points.n, dtype=torch.float32, device=points.device)
+    c64, p64 = centers.double(), prev.centers.double()
+    # widen by a relative 1e-6 so that float32 rounding never tightens a bound
+    delta = ((c64 - p64) ** 2).sum(1).sqrt().float() * (1 + 1e-6)
+    if k > 1:
+        top, arg = torch.topk(delta, 2)
+        other = torch.full_like(delta, float(top[0]))
+        other[arg[0]] = top[1]  # the centre that moved most: the runner-up bounds the others
+        gaps = torch.cdist(c64, c64).fill_diagonal_(math.inf)
+        half = (0.5 * gaps.min(1).values).float() * (1 - 1e-6)
+    else:
+        other, half = torch.zeros_like(delta), torch.full_like(delta, math.inf)
+    labels, upper, lower = prev.labels, prev.upper, prev.lower
+    eps, c_sq = _margin(d), float((centers * centers).sum(1).max())
+    zero = torch.zeros(k, d + 1, dtype=torch.float64, device=points.device)
 
     def one_chunk(start: int, xa: torch.Tensor, x_sq: torch.Tensor) -> tuple[torch.Tensor, int]:
         stop = start + len(xa)
-        e = ca @ xa.T  # (k, chunk): ||c||^2 - 2 x.c
+        lab, up, lo = labels[start:stop], upper[start:stop], lower[start:stop]
+        up += delta[lab]
+        lo -= other[lab]
+        rows = torch.nonzero(up > torch.maximum(lo, half[lab])).flatten()
+        if not len(rows):
+            return zero, 0
+        xr, old, xr_sq = xa[rows], lab[rows], x_sq[rows]
+        e = ca @ xr.T  # (k, rows): ||c||^2 - 2 x.c
         best = e.amin(0)  # values only: several times cheaper than min()'s indices
-        mind[start:stop] = (best + x_sq).clamp_min(0.0)
-        old = labels[start:stop]
         moved = torch.nonzero(e.gather(0, old[None])[0] > best).flatten()
+        new = old.clone()
+        if len(moved):
+            new[moved] = e[:, moved].argmin(0)
+        second = e.scatter_(0, new[None], math.inf).amin(0)
+        tol = eps * (xr_sq + c_sq)
+        up[rows] = (best + xr_sq + tol).clamp_min_(0.0).sqrt_()
+        lo[rows] = (second + xr_sq - tol).clamp_min_(0.0).sqrt_()
         if not len(moved):
             return zero, 0
-        new = e[:, moved].argmin(0)
-        xm = xa[moved].double()
-        delta = torch.zeros(k, d + 1, dtype=torch.float64, device=points.device)
-        delta.index_add_(0, new, xm).index_add_(0, old[moved], xm, alpha=-1.0)
-        labels[start + moved] = new
-        return delta, len(moved)
+        xm = xr[moved].double()
+        change = torch.zeros_like(zero).index_add_(0, new[moved], xm)
+        change.index_add_(0, old[moved], xm, alpha=-1.0)
+        lab[rows[moved]] = new[moved]
+        return change, len(moved)
 
-    zero = torch.zeros(k, d + 1, dtype=torch.float64, device=points.device)
     local, moved = zero.clone(), 0
-    for delta, m in points.map(one_chunk):
-        local += delta
+    for change, m in points.map(one_chunk):
+        local += change
         moved += m
-    # the deltas are all-reduced, so every process adds the same change to the same sums
-    stats = _reduce(local, mind, labels, comm, moved)
-    stats.sums = prev.sums + stats.sums
-    stats.counts = prev.counts + stats.counts
-    return stats
+    # the changes are all-reduced, so every process adds the same change to the same sums
+    inertia, sums, counts, changed = _reduce(points, centers, local, comm, moved, prev)
+    return PassStats(inertia, sums, counts, labels, None, centers, upper, lower, changed)
 
 
 def farthest(points: Points, mind: torch.Tensor, m: int, comm: Comm) -> torch.Tensor:
@@ -278,17 +338,20 @@ def _pp_pass(
     out: torch.Tensor,
     closest: torch.Tensor | None,
 ) -> torch.Tensor:
-    """out[:, :m] = min(closest, D^2 to the m candidates), chunk by chunk in the pool;
-    returns the (chunks, m) float64 sums of each chunk's column (its potential)."""
+    """out[:, :m] = min(closest, ||c||^2 - 2 x.c) for the m candidates c, chunk by chunk in
+    the pool; returns each chunk's potential sum D^2 per candidate, (chunks, m) float64.
+
+    Distances are kept without ||x||^2 (the same for every centre, so the minimum commutes
+    with it): adding it would cost more than the matmul; the sums add it per chunk."""
     ca = augmented(cand).T.contiguous()
     m = len(cand)
 
     def one_chunk(start: int, xa: torch.Tensor, x_sq: torch.Tensor) -> torch.Tensor:
         dist = out[start : start + len(xa), :m]
-        torch.addmm(x_sq[:, None], xa, ca, out=dist).clamp_min_(0.0)
+        torch.mm(xa, ca, out=dist)
         if closest is not None:
             torch.minimum(dist, closest[start : start + len(xa), None], out=dist)
-        return dist.sum(0, dtype=torch.float64)
+        return dist.sum(0, dtype=torch.float64) + x_sq.sum(dtype=torch.float64)
 
     parts = points.map(one_chunk)
     if not parts:
@@ -300,7 +363,8 @@ def _locate(
     points: Points, u: torch.Tensor, closest: torch.Tensor, chunk_pots: torch.Tensor, comm: Comm
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows where the draws u (in [0, total potential)) fall in the concatenation of all
-    shards' cumulative D^2: (mask of draws this process owns, their local row indices)."""
+    shards' cumulative D^2 (closest + ||x||^2): (mask of draws this process owns, their local
+    row indices)."""
     local_pot = chunk_pots.sum().reshape(1)
     before = float(comm.gather(local_pot)[: comm.rank].sum())
     top = before + float(local_pot)
@@ -316,7 +380,8 @@ def _locate(
                 int(torch.searchsorted(chunk_cum, u[i : i + 1], right=True)), len(chunk_cum) - 1
             )
             start, stop = c * points.chunk, min((c + 1) * points.chunk, points.n)
-            cum = torch.cumsum(closest[start:stop].double(), 0)
+            d2 = (closest[start:stop] + points.block(start, stop)[1]).clamp_min_(0.0)
+            cum = torch.cumsum(d2.double(), 0)
             cum += float(chunk_cum[c - 1]) if c else before
             row = int(torch.searchsorted(cum, u[i : i + 1], right=True))
             index[i] = start + min(row, stop - start - 1)
@@ -399,8 +464,11 @@ def lloyd(
         if stats.changed == 0:  # strict convergence: the assignment is a fixed point
             converged = True
             break
-        new = stats.sums / stats.counts.clamp_min(1)[:, None]
         empty = torch.nonzero(stats.counts == 0).flatten()
+        if len(empty) and stats.mind is None:  # a full pass gives the distances (and bounds)
+            stats = assign(points, centers, comm)
+            empty = torch.nonzero(stats.counts == 0).flatten()
+        new = stats.sums / stats.counts.clamp_min(1)[:, None]
         if len(empty):
             new[empty] = farthest(points, stats.mind, len(empty), comm).double()
         new = new.float()

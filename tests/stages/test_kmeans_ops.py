@@ -130,3 +130,28 @@ def test_greedy_kmeans_pp_starts_lower_than_plain():
             c = ops.init_kmeans_pp(points, 30, gen, Comm(), trials=trials)
             out.append(ops.assign(points, c, Comm()).inertia)
     assert np.mean(greedy) < np.mean(plain), (greedy, plain)
+
+
+def test_bounded_reassign_equals_a_full_pass_after_any_move():
+    # Hamerly bounds: after small moves, large ones, and a centre that leaves (it empties)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4000, 5, generator=gen) * 3
+    points = ops.Points(x.numpy(), CPU, chunk=600)
+    centers = ops.init_random(points, 9, gen, Comm())
+    stats = ops.assign(points, centers, Comm())
+    for scale in (0.01, 0.3, 0.01, 3.0, 0.0, 0.05):
+        centers = centers + scale * torch.randn(centers.shape, generator=gen)
+        if scale == 3.0:
+            centers[4] = 1000.0
+        stats = ops.reassign(points, centers, stats, Comm())
+        full = ops.assign(points, centers, Comm())
+        assert (stats.labels == full.labels).all()
+        assert torch.equal(stats.counts, full.counts)
+        assert torch.allclose(stats.sums, full.sums, rtol=1e-9, atol=1e-9)
+        assert math.isclose(stats.inertia, full.inertia, rel_tol=1e-9)
+        # the bounds hold: u >= distance to the own centre, l <= distance to any other
+        d = torch.cdist(x.double(), centers.double())
+        own = d.gather(1, full.labels[:, None])[:, 0]
+        others = d.scatter(1, full.labels[:, None], math.inf).min(1).values
+        assert (stats.upper >= own - 1e-4).all() and (stats.lower <= others + 1e-4).all()
+    assert stats.counts[4] == 0
