@@ -3,6 +3,7 @@
     python scripts/bench_kmeans.py            # digits, 200k x 64, 1M x 32
     python scripts/bench_kmeans.py --quick    # smaller synthetic sets (a smoke run)
     python scripts/bench_kmeans.py --device cuda
+    python scripts/bench_kmeans.py --threads 1 --no-faiss --seeds 5
 
 Same data, k, initialisation method (greedy k-means++ with 2 + log k candidates per centre;
 faiss only has random init), n_init and iteration budget for every method (tol=0: iterate until
@@ -13,7 +14,9 @@ of squared distances to the nearest centroid, computed for every method by the m
 With n_init=1 the inertia a run reaches depends on its start (+-2% between seeds on the
 synthetic sets), so every method runs --seeds seeds, interleaved (a change in the machine's load
 hits all methods alike); the table gives the mean inertia and iterations, the median seconds,
-and the speed-up as scikit-learn's total time over the method's. Every method may use all the
+and the speed-up as scikit-learn's total time over the method's. For n_init=1 the last column
+compares Lloyd alone, like with like: ours run from scikit-learn's own k-means++ centres for the
+same seed (sklearn.cluster.kmeans_plusplus, which KMeans uses), mean gap to its inertia. Every method may use all the
 cores: torch's thread count and scikit-learn's OpenMP/BLAS thread counts are printed.
 """
 
@@ -71,6 +74,16 @@ def sklearn(x: np.ndarray, k: int, n_init: int, max_iter: int, seed: int) -> tup
     return time.perf_counter() - start, float(km.inertia_), int(km.n_iter_)
 
 
+def same_start(x: np.ndarray, k: int, max_iter: int, seed: int, device: str) -> float:
+    """Inertia of our Lloyd from scikit-learn's k-means++ centres for `seed` (untimed)."""
+    from sklearn.cluster import kmeans_plusplus
+
+    start, _ = kmeans_plusplus(x, k, random_state=seed)
+    dev = torch.device(device)
+    start_t = torch.from_numpy(start).to(dev)
+    return ops.lloyd(ops.Points(x, dev), start_t, Comm(), max_iter=max_iter, tol=0.0).inertia
+
+
 def faiss_kmeans(x: np.ndarray, k: int, n_init: int, max_iter: int, seed: int) -> tuple | None:
     try:
         import faiss
@@ -99,38 +112,56 @@ def main() -> None:
     parser.add_argument("--max-iter", type=int, default=50, help="iteration budget per init")
     parser.add_argument("--seeds", type=int, default=3, help="runs per method, seeds 0..N-1")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="CPU threads for every method (default: all)")
+    parser.add_argument("--no-faiss", action="store_true", help="skip faiss-cpu")
     args = parser.parse_args()
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)  # scikit-learn's OpenMP and BLAS
+        try:
+            import faiss
+
+            faiss.omp_set_num_threads(args.threads)
+        except ImportError:
+            pass
     rows = []
     print(f"{os.cpu_count()} cores; {threads()}; device: {args.device}")
     print("load average (1, 5, 15 min) at start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     for name, x, k, n_init in datasets(args.quick):
         print(f"... {name}", flush=True)
         runs: dict[str, list[tuple]] = {}
+        gaps = []
         for seed in range(args.seeds):
             runs.setdefault("sklearn", []).append(sklearn(x, k, n_init, args.max_iter, seed))
             runs.setdefault("ours (torch)", []).append(
                 ours(x, k, n_init, args.max_iter, seed, args.device)
             )
-            found = faiss_kmeans(x, k, n_init, args.max_iter, seed)
+            found = None if args.no_faiss else faiss_kmeans(x, k, n_init, args.max_iter, seed)
             if found is not None:
                 runs.setdefault("faiss-cpu (random init)", []).append(found)
+            if n_init == 1:
+                ref = runs["sklearn"][-1][1]
+                gaps.append(same_start(x, k, args.max_iter, seed, args.device) / ref - 1)
         ref_total = sum(r[0] for r in runs["sklearn"])
         ref_inertia = statistics.fmean(r[1] for r in runs["sklearn"])
         for method, results in runs.items():
             secs, inertias, iters = zip(*results)
             inertia = statistics.fmean(inertias)
+            gap = f"{statistics.fmean(gaps):+.3%}" if gaps and method.startswith("ours") else ""
             rows.append((name, f"{x.shape[0]}x{x.shape[1]}", k, n_init, len(results), method,
                          statistics.fmean(iters), statistics.median(secs), inertia,
-                         inertia / ref_inertia - 1, ref_total / sum(secs)))  # fmt: skip
+                         inertia / ref_inertia - 1, ref_total / sum(secs), gap))  # fmt: skip
     print("load average (1, 5, 15 min) at end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     head = ("data", "n x d", "k", "n_init", "runs", "method", "iters", "seconds (median)",
-            "inertia (mean)", "vs sklearn", "speed-up")  # fmt: skip
+            "inertia (mean)", "vs sklearn", "speed-up", "same start vs sklearn")  # fmt: skip
     print()
     print(" | ".join(head))
     print(" | ".join("---" for _ in head))
     for r in rows:
         print(f"{r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]:.0f} | {r[7]:.2f} | "
-              f"{r[8]:.6g} | {r[9]:+.3%} | {r[10]:.2f}x")  # fmt: skip
+              f"{r[8]:.6g} | {r[9]:+.3%} | {r[10]:.2f}x | {r[11]}")  # fmt: skip
 
 
 if __name__ == "__main__":
