@@ -1,7 +1,7 @@
 """Does pretraining help? Fine-tune our pretrained export and the same architecture from random
 initialisation (same data, steps, batch, seeds and learning-rate grid) and print both, in one run.
 
-    python scripts/bench_finetune.py                      # pretrains configs/mlm/tiny-long.yaml
+    python scripts/bench_finetune.py      # pretrains configs/mlm/tiny-long.yaml once (12k steps)
     python scripts/bench_finetune.py --pretrained runs/tiny/export --lrs 1e-3
 
 The default task is configs/finetune/bible-sections.yaml: which of six sections of the Bible a
@@ -10,9 +10,9 @@ chapters). The learning rate is chosen for EACH start separately over the same g
 validation split cut by chapter from the *training* chapters (never on the test chapters); the
 chosen lr is then fine-tuned on the training chapters with each of --seeds (model init, data
 order and dropout change with the seed) and scored on the test chapters; the verdict is on the
-mean over seeds, and a win must hold on every seed. The
-pretrained export is cached under --out and reused by later runs. Fine-tunes run two at a time,
-one thread each.
+mean over seeds, and a win must hold on every seed. The pretraining (keyed by its recipe and
+steps; an interrupted one resumes) and every fine-tune (keyed by its command, recipe and export)
+are cached under --out and reused by later runs. Fine-tunes run two at a time, one thread each.
 """
 
 from __future__ import annotations
@@ -157,6 +157,31 @@ def tune_overrides(args: argparse.Namespace, out: Path) -> list[str]:
             f"data.max_eval_examples={args.val_examples}"]  # fmt: skip
 
 
+def pretrain(args: argparse.Namespace, out: Path, env: dict) -> Path:
+    """Pretrain the recipe once into out/pretrain-NAME-STEPS, keyed by the recipe's content and
+    steps: a finished run with the same key is reused, an interrupted one resumes, a run of a
+    changed recipe starts over."""
+    from pipeline.config import load_yaml
+
+    recipe = ROOT / args.pretrain_config
+    steps = args.pretrain_steps or load_yaml(recipe)["train"]["max_steps"]
+    pre_dir = out / f"pretrain-{recipe.stem}-{steps}"
+    key = hashlib.sha256(recipe.read_bytes() + f"max_steps={steps}".encode()).hexdigest()
+    key_file = pre_dir / "bench-key.txt"
+    same = key_file.is_file() and key_file.read_text() == key
+    if same and (pre_dir / "export" / "model.safetensors").is_file():
+        return pre_dir
+    print(f"pretraining {args.pretrain_config} for {steps} steps ...", flush=True)
+    pre_dir.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key)
+    log = out / "pretrain.log"
+    cmd = ["train", str(recipe), f"train.max_steps={steps}",
+           f"train.resume={'auto' if same else 'never'}", "log.progress_bar=false",
+           "--output-dir", str(pre_dir)]  # fmt: skip
+    wait(run(cmd, log, dict(env, OMP_NUM_THREADS=str(os.cpu_count() or 1))), log)
+    return pre_dir
+
+
 def _secs(t: float | None) -> str:
     return "reused" if t is None else f"{t:.0f}s"
 
@@ -190,17 +215,8 @@ def main() -> None:
         export = Path(args.pretrained).resolve()
         pre_dir = export.parent
     else:
-        steps = f"-{args.pretrain_steps}" if args.pretrain_steps else ""
-        pre_dir = out / f"pretrain-{Path(args.pretrain_config).stem}{steps}"
+        pre_dir = pretrain(args, out, env)
         export = pre_dir / "export"
-    if not args.pretrained and not (export / "model.safetensors").is_file():
-        print(f"pretraining {args.pretrain_config} ...", flush=True)
-        log = out / "pretrain.log"
-        cmd = ["train", args.pretrain_config, "train.resume=never", "log.progress_bar=false",
-               "--output-dir", str(pre_dir)]  # fmt: skip
-        if args.pretrain_steps:
-            cmd.insert(2, f"train.max_steps={args.pretrain_steps}")
-        wait(run(cmd, log, dict(env, OMP_NUM_THREADS=str(os.cpu_count() or 1))), log)
     t_pre = time.time() - t0
     mlm_acc = masked_accuracy(pre_dir)
 
