@@ -62,7 +62,8 @@ class CDModule(EnergyModule):
         start = start.to(x.device, x.dtype)
         if x.device.type != "cpu":  # Langevin noise drawn on the device, from the same seed
             gen = torch.Generator(x.device).manual_seed(int(seed) + 1)
-        negatives = langevin(self.energy, start, self.spec, gen)
+        sampler: dict = {}
+        negatives = langevin(self.energy, start, self.spec, gen, sampler)
         if self.init == "buffer":
             self.buffer.update(idx, negatives)
         self.last_negatives = negatives
@@ -76,6 +77,8 @@ class CDModule(EnergyModule):
             "energy_data": e_data.mean().detach(),
             "energy_negatives": e_neg.mean().detach(),
         }
+        if "accept" in sampler:  # a falling rate says the energy got sharp for the step size
+            metrics["langevin_accept"] = torch.tensor(sampler["accept"])
         return loss, metrics
 
 
@@ -96,6 +99,9 @@ class ContrastiveDivergence(EnergyObjective):
         """Anneal the step size geometrically to this value over the chain (None = constant)."""
         grad_clip: float | None = None
         """Clip each sample's energy gradient to this L2 norm in the sampler (None = off)."""
+        metropolis: bool = False
+        """Metropolis-adjusted Langevin (MALA): reject steps that overshoot a sharp energy well
+        instead of letting chains fly off (the cause of CD's divergence on sharp densities)."""
         buffer_size: int = 10000
         """Chains in each process's replay buffer (init=buffer); at least the micro batch."""
         reinit: float = 0.05
@@ -116,6 +122,8 @@ class ContrastiveDivergence(EnergyObjective):
                 problems.append(f"noise_scale must be >= 0, got {self.noise_scale}")
             if self.final_step_size is not None and self.final_step_size <= 0:
                 problems.append(f"final_step_size must be > 0, got {self.final_step_size}")
+            if self.metropolis and self.noise_scale == 0:
+                problems.append("metropolis needs noise_scale > 0 (a proposal with noise)")
             if self.grad_clip is not None and self.grad_clip <= 0:
                 problems.append(f"grad_clip must be > 0 (or null), got {self.grad_clip}")
             if not 0.0 <= self.reinit <= 1.0:
@@ -156,6 +164,7 @@ class ContrastiveDivergence(EnergyObjective):
             steps=c.steps, step_size=c.step_size,
             noise_scale=math.sqrt(2 * c.step_size) if c.noise_scale is None else c.noise_scale,
             grad_clip=c.grad_clip, bounds=self.bounds, final_step_size=c.final_step_size,
+            metropolis=c.metropolis,
         )  # fmt: skip
         self.buffer = (
             ReplayBuffer(c.buffer_size, c.reinit, self.noise) if c.init == "buffer" else None
@@ -177,7 +186,12 @@ class ContrastiveDivergence(EnergyObjective):
     def export_extra(self, module: CDModule) -> dict:
         s = module.spec
         return {
-            "langevin": {"steps": s.steps, "step_size": s.step_size, "noise_scale": s.noise_scale},
+            "langevin": {
+                "steps": s.steps,
+                "step_size": s.step_size,
+                "noise_scale": s.noise_scale,
+                "metropolis": s.metropolis,
+            },
         }
 
     def state_dict(self) -> dict:

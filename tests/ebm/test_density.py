@@ -59,6 +59,34 @@ def test_langevin_samples_a_gaussian_and_is_reproducible():
     assert float(a.mean(0).abs().max()) < 0.05
 
 
+def test_metropolis_langevin_removes_the_step_size_bias():
+    # at h = 0.2 on N(0, 0.5^2), ULA's stationary variance is 0.25 / (1 - 0.4) = 0.417; MALA
+    # targets exp(-E) exactly whatever the step
+    energy = GaussianEnergy(mu=(0.0, 0.0), s=0.5)
+    spec = LangevinSpec(steps=200, step_size=0.2, noise_scale=math.sqrt(0.4), metropolis=True)
+    start = torch.rand(4000, 2, generator=torch.Generator().manual_seed(2)) * 4 - 2
+    stats: dict = {}
+    a = langevin(energy, start, spec, torch.Generator().manual_seed(3), stats)
+    b = langevin(energy, start, spec, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert abs(float(a.var(0).mean()) - 0.25) < 0.02
+    assert float(a.mean(0).abs().max()) < 0.05
+    assert 0.3 < stats["accept"] < 1.0
+
+
+def test_metropolis_langevin_stays_put_in_a_well_too_sharp_for_the_step():
+    # curvature 1 / 0.05^2 = 400 with h = 0.02: each unadjusted step multiplies x by -7
+    energy = GaussianEnergy(mu=(0.0, 0.0), s=0.05)
+    start = torch.full((500, 2), 0.1)
+    ula = LangevinSpec(steps=10, step_size=0.02, noise_scale=0.2)
+    assert float(langevin(energy, start, ula, torch.Generator().manual_seed(0)).abs().max()) > 1e3
+    mala = LangevinSpec(steps=10, step_size=0.02, noise_scale=0.2, metropolis=True)
+    stats: dict = {}
+    x = langevin(energy, start, mala, torch.Generator().manual_seed(0), stats)
+    assert float(x.abs().max()) < 0.5  # overshoots rejected: the chains stay in the well
+    assert stats["accept"] < 0.5
+
+
 def test_replay_buffer_draws_distinct_chains_and_reinitialises():
     buf = ReplayBuffer(1000, 0.25, lambda n, g: torch.full((n, 2), 7.0))
     g = torch.Generator().manual_seed(0)
