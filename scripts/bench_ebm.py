@@ -46,10 +46,12 @@ def curve(run_dir: Path) -> list[tuple[int, float, float, float]]:
     return out
 
 
-def langevin_rate(hidden: list[int], steps: int, batch: int) -> float:
+def langevin_rate(hidden: list[int], steps: int, batch: int, metropolis: bool = False) -> float:
     """Langevin samples/s: chains of `steps` steps on a 2-D MLP energy, `batch` at a time."""
     net = MLPEnergy(2, hidden, "silu")
-    spec = LangevinSpec(steps=steps, step_size=0.02, noise_scale=math.sqrt(0.04))
+    spec = LangevinSpec(
+        steps=steps, step_size=0.05, noise_scale=math.sqrt(0.1), metropolis=metropolis
+    )
     g = torch.Generator().manual_seed(0)
     langevin(net, torch.randn(batch, 2), spec, g)  # warm up
     t = time.perf_counter()
@@ -64,6 +66,7 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["cd", "nce"])
     p.add_argument("--steps", type=int, default=None, help="train.max_steps (default: recipe's)")
     p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=None, help="train.seed: data, init, chains")
     args = p.parse_args()
 
     rows = []
@@ -77,6 +80,8 @@ def main() -> None:
                 ]  # fmt: skip
                 if args.steps:
                     overrides.append(f"train.max_steps={args.steps}")
+                if args.seed is not None:
+                    overrides.append(f"train.seed={args.seed}")
                 cfg = load_config(RunConfig, ROOT / f"configs/ebm/{method}-2d.yaml", overrides)
                 train(cfg)
                 for step, seconds, kl, tv in curve(Path(tmp)):
@@ -91,7 +96,9 @@ def main() -> None:
         print(f"{toy:12s} {method:6s} {step:6d} {seconds:8.1f} {kl:7.3f} {tv:6.3f}")
     print("\nLangevin samples/s (2-D MLP energy, chains of 20 steps, batch 256, this CPU):")
     for hidden in ([128, 128], [256, 256]):
-        print(f"  hidden {hidden}: {langevin_rate(hidden, 20, 256):,.0f} samples/s")
+        for mala in (False, True):
+            rate = langevin_rate(hidden, 20, 256, mala)
+            print(f"  hidden {hidden} {'MALA' if mala else 'ULA '}: {rate:,.0f} samples/s")
 
 
 if __name__ == "__main__":

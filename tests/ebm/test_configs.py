@@ -38,6 +38,10 @@ def test_every_shipped_ebm_recipe_builds():
         ("objective.reinit=1.5", "objective.reinit must be in [0, 1]"),
         ("objective.steps=0", "objective.steps must be >= 1"),
         ("objective.ema=1.0", "objective.ema must be in [0, 1)"),
+        (
+            "objective.noise_scale=0",  # with metropolis=true (the recipe's)
+            "objective.metropolis needs noise_scale > 0",
+        ),
     ],
 )
 def test_bad_sampler_values(override, message):
