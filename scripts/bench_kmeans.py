@@ -25,6 +25,7 @@ cores: torch's thread count and scikit-learn's OpenMP/BLAS thread counts are pri
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import statistics
 import sys
@@ -118,8 +119,9 @@ def main() -> None:
     parser.add_argument("--no-faiss", action="store_true", help="skip faiss-cpu")
     args = parser.parse_args()
     if args.threads:
-        import sklearn.cluster  # noqa: F401  (loads its OpenMP and BLAS: the limit must see them)
         from threadpoolctl import threadpool_limits
+
+        importlib.import_module("sklearn.cluster")  # loads its OpenMP and BLAS for the limit
 
         torch.set_num_threads(args.threads)
         threadpool_limits(args.threads)  # scikit-learn's OpenMP and BLAS
