@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline.cli import command, config_parser, load_run_config
 
 
-@command("finetune", "fine-tune an export for sequence classification on the engine")
+@command("finetune", "fine-tune an export for sequence or token classification on the engine")
 def finetune_command(argv: list[str]) -> int:
     from pipeline.finetune.config import FinetuneConfig
 
@@ -17,8 +17,9 @@ def finetune_command(argv: list[str]) -> int:
         "python -m pipeline finetune",
         FinetuneConfig,
         "Fine-tune a pretrained export (EXPORT_DIR: a Hugging Face folder or Hub name) with "
-        "AutoModelForSequenceClassification; reports accuracy and macro-F1 on held-out data "
-        "and writes RUN_DIR/export.",
+        "AutoModelForSequenceClassification (objective.name=seqcls) or "
+        "AutoModelForTokenClassification (objective.name=tokcls: a tag per word); reports "
+        "accuracy and macro-F1 on held-out data and writes RUN_DIR/export.",
     )
     parser.usage = (
         "python -m pipeline finetune EXPORT_DIR CONFIG [key=value ...] [--output-dir DIR]"

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pipeline.config import check_minimums
 from pipeline.finetune import objective as _objective  # noqa: F401  (registers `seqcls`)
+from pipeline.finetune import token_objective as _token_objective  # noqa: F401  (`tokcls`)
 from pipeline.objectives.base import ObjectiveConfig
 from pipeline.train_config import (
     EngineConfig,
@@ -38,17 +39,20 @@ class FinetuneDataConfig:
     """Fraction of training rows held out when there is no data.eval_path (and no embedded
     validation split)."""
     text_column: str = "text"
-    """Column holding the text to classify."""
+    """Column holding the text to classify; for objective tokcls a list of words per row (or a
+    text, split on whitespace)."""
     label_column: str = "label"
-    """Column holding the class: integers (class ids) or strings (class names)."""
+    """Column holding the class: integers (class ids) or strings (class names); for objective
+    tokcls a list of tags per row, one per word (e.g. a Sequence(ClassLabel) such as ner_tags)."""
     labels: list[str] | None = None
-    """Class names in class-id order. Default: the dataset's ClassLabel names, else for string
-    labels their sorted distinct values, else the integers 0..max."""
+    """Class (tokcls: tag) names in class-id order. Default: the dataset's ClassLabel names, else
+    for string labels their sorted distinct values, else the integers 0..max."""
     chunk_words: int = 0
     """Cut each text into consecutive pieces of this many words, each keeping its row's label
-    (a trailing piece under half this length is dropped); 0 = whole texts."""
+    (a trailing piece under half this length is dropped); 0 = whole texts. seqcls only."""
     max_length: int = 128
-    """Tokens per example after truncation, [CLS] and [SEP] included."""
+    """Tokens per example after truncation, [CLS] and [SEP] included (tokcls: the tags of words
+    cut off are neither trained on nor scored)."""
     max_train_examples: int | None = None
     """Fine-tune on at most this many (shuffled, seeded) training examples."""
     max_eval_examples: int = 4096
@@ -115,7 +119,8 @@ class FinetuneConfig:
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
     model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
     objective: ObjectiveConfig = field(default_factory=_seqcls_default)
-    """Fine-tuning objective by name (seqcls), with its own fields."""
+    """Fine-tuning objective by name, with its own fields: seqcls (a class per text) or tokcls
+    (a tag per word: NER, POS)."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)

@@ -5,19 +5,27 @@ Sources are resolved exactly as for pretraining (`data.path`, `data.name`, `data
 split is taken by *row* before texts are cut into pieces (`data.chunk_words`), so pieces of one
 document never straddle train and eval; for the embedded corpus it is its validation chapters,
 whose two translations both stay held out.
+
+Two shapes of example: one class per text (seqcls: `label` is an int) or one tag per word
+(tokcls: `label` is a list with a tag id per token, IGNORE where no tag is scored).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import datasets
+import pyarrow.compute as pc
 
 from pipeline.data import sources, text
 from pipeline.data.sources import DataError, Source
 from pipeline.engine.context import RunContext
+from pipeline.finetune.metrics import IGNORE
+
+ROW = "__row"  # the source row of an example, for error messages that survive the split
 
 
 @dataclass
@@ -47,9 +55,23 @@ class LabelMap:
         raise DataError(f"{where}: label {value!r} is not {kind}")
 
 
-def label_map(ds: Any, column: str, configured: list[str] | None, source: Source) -> LabelMap:
-    """Class names in id order, from the config, the dataset's ClassLabel, or the values."""
-    labels = _label_map(ds, column, configured, source)
+def label_map(
+    ds: Any, column: str, configured: list[str] | None, source: Source, per_token: bool = False
+) -> LabelMap:
+    """Class names in id order, from the config, the dataset's ClassLabel, or the values.
+
+    per_token: the column holds a list of tags per row (a `Sequence(ClassLabel)` feature, or
+    lists of ints or strings), and the map is over the tags."""
+    feature = ds.features[column]
+    if per_token:
+        feature = _tag_feature(feature, column, source)
+
+    def values() -> list:  # read only when there is no ClassLabel
+        if per_token:
+            return pc.unique(pc.list_flatten(ds.with_format("arrow")[column])).to_pylist()
+        return ds.unique(column)
+
+    labels = _label_map(feature, values, column, configured, source)
     if len(labels.names) < 2:
         raise DataError(
             f"data.label_column={column!r} of {source.describe()} has a single class "
@@ -58,11 +80,27 @@ def label_map(ds: Any, column: str, configured: list[str] | None, source: Source
     return labels
 
 
-def _label_map(ds: Any, column: str, configured: list[str] | None, source: Source) -> LabelMap:
-    feature = ds.features[column]
+def _tag_feature(feature: Any, column: str, source: Source) -> Any:
+    if isinstance(feature, list) and len(feature) == 1:  # the `[Value(...)]` spelling
+        return feature[0]
+    if isinstance(feature, (datasets.List, datasets.LargeList)):
+        return feature.feature
+    raise DataError(
+        f"data.label_column={column!r} of {source.describe()} must hold a list of tags per row "
+        f"(one per word, objective tokcls), got {feature}"
+    )
+
+
+def _label_map(
+    feature: Any,
+    unique_values: Callable[[], list],
+    column: str,
+    configured: list[str] | None,
+    source: Source,
+) -> LabelMap:
     if isinstance(feature, datasets.ClassLabel):
         return LabelMap(list(configured or feature.names), by_name=False)
-    values = ds.unique(column)
+    values = unique_values()
     if not values:
         raise DataError(f"data.label_column={column!r} of {source.describe()} is empty")
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
@@ -95,42 +133,114 @@ def chunk_texts(texts: list[str], words: int) -> list[tuple[int, str]]:
     return out
 
 
-def _prepare(
-    ds: Any,
-    tokenizer: Any,
-    cfg: Any,
-    labels: LabelMap,
-    source: Source,
-    seed: int,
-    limit: int | None,
-) -> Any:
-    """Label ids, pieces, a seeded subset, then token ids: columns `input_ids` and `label`."""
+Steps = tuple[Callable[[dict], dict], Callable[[dict], dict]]  # (rows -> examples, tokenize)
+
+
+def _sequence_steps(tokenizer: Any, cfg: Any, labels: LabelMap, where: str) -> Steps:
+    """One class per text: columns `text` and `label`, texts cut into pieces if asked."""
     tcol, lcol = cfg.text_column, cfg.label_column
 
-    def to_examples(batch: dict, idx: list[int]) -> dict:
-        for t, i in zip(batch[tcol], idx):
+    def to_examples(batch: dict) -> dict:
+        for t, i in zip(batch[tcol], batch[ROW]):
             if not isinstance(t, str):
-                raise DataError(f"{source.describe()} row {i}: {tcol!r} is {t!r}, not text")
-        ids = [labels.to_id(v, f"{source.describe()} row {i}") for v, i in zip(batch[lcol], idx)]
+                raise DataError(f"{where} row {i}: {tcol!r} is {t!r}, not text")
+        ids = [labels.to_id(v, f"{where} row {i}") for v, i in zip(batch[lcol], batch[ROW])]
         if not cfg.chunk_words:
             return {"text": batch[tcol], "label": ids}
         pieces = chunk_texts(batch[tcol], cfg.chunk_words)
         return {"text": [p for _, p in pieces], "label": [ids[r] for r, _ in pieces]}
 
-    ds = ds.map(to_examples, batched=True, with_indices=True, remove_columns=ds.column_names)
-    if len(ds) == 0:
-        raise DataError(f"{source.describe()} has no examples after data.chunk_words")
-    if limit is not None and len(ds) > limit:
-        ds = ds.shuffle(seed=seed).select(range(limit)).flatten_indices()
-
     def tokenize(batch: dict) -> dict:
         enc = tokenizer(batch["text"], truncation=True, max_length=cfg.max_length)
         return {"input_ids": enc["input_ids"], "label": batch["label"]}
 
-    return ds.map(tokenize, batched=True, remove_columns=["text"])
+    return to_examples, tokenize
 
 
-def load_labelled(ctx: RunContext, tokenizer: Any) -> LabelledData:
+def continuation_ids(names: list[str]) -> list[int]:
+    """Per tag id, the tag a word's later sub-tokens carry when all are labelled: I-X for B-X
+    when the tag set has I-X (a word is begun once), else the tag itself."""
+    index = {n: i for i, n in enumerate(names)}
+    return [index.get("I-" + n[2:], i) if n.startswith("B-") else i for i, n in enumerate(names)]
+
+
+def align_tags(
+    word_ids: list[int | None], tags: list[int], continuation: list[int] | None = None
+) -> list[int]:
+    """One label per token from one tag per word (`word_ids` as a fast tokenizer's
+    `BatchEncoding.word_ids()`): the word's tag on its first sub-token; IGNORE on special tokens
+    and on later sub-tokens, or with `continuation` (see continuation_ids) its tag there."""
+    out, previous = [], None
+    for w in word_ids:
+        if w is None:
+            out.append(IGNORE)
+        elif w != previous:
+            out.append(tags[w])
+        else:
+            out.append(IGNORE if continuation is None else continuation[tags[w]])
+        previous = w
+    return out
+
+
+def _token_steps(
+    tokenizer: Any, cfg: Any, labels: LabelMap, where: str, label_all_subtokens: bool
+) -> Steps:
+    """One tag per word: columns `words` and `tags`, then tokens with aligned labels."""
+    tcol, lcol = cfg.text_column, cfg.label_column
+    continuation = continuation_ids(labels.names) if label_all_subtokens else None
+
+    def to_examples(batch: dict) -> dict:
+        out: dict[str, list] = {"words": [], "tags": []}
+        for words, tags, i in zip(batch[tcol], batch[lcol], batch[ROW]):
+            words = words.split() if isinstance(words, str) else words
+            if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+                raise DataError(f"{where} row {i}: {tcol!r} is {words!r}, not words or text")
+            if not isinstance(tags, list):
+                raise DataError(f"{where} row {i}: {lcol!r} is {tags!r}, not a list of tags")
+            if len(tags) != len(words):
+                raise DataError(
+                    f"{where} row {i}: {len(tags)} tags in {lcol!r} for {len(words)} words in "
+                    f"{tcol!r}; every word needs exactly one tag"
+                )
+            if words:  # an empty sentence has nothing to tag
+                out["words"].append(words)
+                out["tags"].append(
+                    [labels.to_id(t, f"{where} row {i} word {j}") for j, t in enumerate(tags)]
+                )
+        return out
+
+    def tokenize(batch: dict) -> dict:
+        enc = tokenizer(
+            batch["words"], is_split_into_words=True, truncation=True, max_length=cfg.max_length
+        )
+        aligned = [
+            align_tags(enc.word_ids(k), t, continuation) for k, t in enumerate(batch["tags"])
+        ]
+        return {"input_ids": enc["input_ids"], "label": aligned}
+
+    return to_examples, tokenize
+
+
+def _prepare(ds: Any, steps: Steps, cfg: Any, where: str, seed: int, limit: int | None) -> Any:
+    """Examples (label ids, pieces), a seeded subset, then token ids: `input_ids` and `label`."""
+    to_examples, tokenize = steps
+    ds = ds.map(to_examples, batched=True, remove_columns=ds.column_names)
+    if len(ds) == 0:
+        after = f" after data.chunk_words={cfg.chunk_words}" if cfg.chunk_words else ""
+        raise DataError(f"{where} has no examples{after}")
+    if limit is not None and len(ds) > limit:
+        ds = ds.shuffle(seed=seed).select(range(limit)).flatten_indices()
+    return ds.map(
+        tokenize, batched=True, remove_columns=[c for c in ds.column_names if c != "label"]
+    )
+
+
+def load_labelled(
+    ctx: RunContext, tokenizer: Any, per_token: bool = False, label_all_subtokens: bool = False
+) -> LabelledData:
+    """Train and held-out examples. per_token: one tag per word (token classification, which
+    needs a fast tokenizer for `word_ids`); label_all_subtokens: tag every sub-token of a word,
+    not just its first."""
     cfg, seed = ctx.cfg.data, ctx.cfg.train.seed
     train_src, eval_src = text.resolve_sources(cfg)
     with ctx.main_first():
@@ -143,18 +253,32 @@ def load_labelled(ctx: RunContext, tokenizer: Any) -> LabelledData:
         sources.require_column(ds, cfg.label_column, src, key=f"data.label_column{which}")
         if len(ds) == 0:
             raise DataError(f"dataset {src.describe()!r} has no rows")
-    labels = label_map(train, cfg.label_column, cfg.labels, train_src)
-    if ev is None and cfg.eval_fraction > 0 and len(train) >= 2:
+    labels = label_map(train, cfg.label_column, cfg.labels, train_src, per_token)
+    # number rows before the split so errors name the row of the file, not of a split
+    train = train.add_column(ROW, list(range(len(train))))
+    if ev is not None:
+        ev = ev.add_column(ROW, list(range(len(ev))))
+    elif cfg.eval_fraction > 0 and len(train) >= 2:
         # split rows (documents) before cutting them into pieces: no document straddles
         split = train.train_test_split(
             test_size=max(1, int(len(train) * cfg.eval_fraction)), seed=seed
         )
         train, ev = split["train"], split["test"]
         eval_src = train_src
+
+    def steps(src: Source) -> Steps:
+        if per_token:
+            return _token_steps(tokenizer, cfg, labels, src.describe(), label_all_subtokens)
+        return _sequence_steps(tokenizer, cfg, labels, src.describe())
+
     with ctx.main_first():  # the main process fills the datasets cache, the others read it
-        train = _prepare(train, tokenizer, cfg, labels, train_src, seed, cfg.max_train_examples)
+        train = _prepare(
+            train, steps(train_src), cfg, train_src.describe(), seed, cfg.max_train_examples
+        )
         if ev is not None:
-            ev = _prepare(ev, tokenizer, cfg, labels, eval_src, seed, cfg.max_eval_examples)
+            ev = _prepare(
+                ev, steps(eval_src), cfg, eval_src.describe(), seed, cfg.max_eval_examples
+            )
     lengths = [len(x) for x in train[: min(len(train), 10_000)]["input_ids"]]
     return LabelledData(train, ev, labels.names, sum(lengths) / len(lengths))
 

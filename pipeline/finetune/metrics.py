@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 LOSS_SUM, COUNT = "loss_sum", "n"
+IGNORE = -100  # label of tokens no loss or metric counts (specials, later sub-tokens, padding)
 
 
 def count_keys(num_labels: int) -> list[str]:

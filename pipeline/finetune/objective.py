@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +22,20 @@ from pipeline.data.sources import DataError
 from pipeline.engine.context import RunContext
 from pipeline.engine.metrics import transformer_flops_per_token
 from pipeline.finetune import metrics as cls_metrics
+from pipeline.finetune.metrics import IGNORE
 from pipeline.objectives.base import Datasets, Objective, ObjectiveConfig
+
+if TYPE_CHECKING:
+    from pipeline.finetune.data import LabelledData
 
 log = logging.getLogger("pipeline")
 
 
 class SequenceClassifier(nn.Module):
-    """Wraps the stock model; forward returns (loss, counts) for the engine."""
+    """Wraps the stock model; forward returns (loss, counts) for the engine.
+
+    Token classification (logits per token) is the same computation over labelled tokens: each
+    token whose label is not IGNORE counts as one example, weighted by its row's weight."""
 
     def __init__(self, model: nn.Module, num_labels: int, label_smoothing: float = 0.0):
         super().__init__()
@@ -37,10 +45,13 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, input_ids, attention_mask, labels, weight):
         logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+        w = weight.float()
+        if logits.dim() == 3:  # (batch, tokens, tags): one example per labelled token
+            w = (w[:, None] * (labels != IGNORE)).flatten()
+            logits, labels = logits.flatten(0, 1), labels.clamp(min=0).flatten()
         losses = F.cross_entropy(
             logits, labels, reduction="none", label_smoothing=self.label_smoothing
         )
-        w = weight.float()
         loss = (losses * w).sum() / w.sum().clamp(min=1.0)
         return loss, cls_metrics.counts(logits, labels, losses, w, self.num_labels)
 
@@ -60,19 +71,22 @@ def load_tokenizer(source: str):
     return tok
 
 
-def load_pretrained(source: str, config, is_main: bool) -> nn.Module:
-    """The export's encoder under a fresh classification head.
+def load_pretrained(
+    source: str, config: Any, is_main: bool, auto_class: str = "AutoModelForSequenceClassification"
+) -> nn.Module:
+    """The export's encoder under a fresh classification head (`auto_class`, a transformers
+    Auto class name).
 
     A masked-LM export has no pooler and no classifier: those start fresh (from the seeded
     global RNG) and its LM head is dropped. Any *other* missing weight means the export does
     not match its config, which would silently fine-tune a half-random model: refused."""
-    from transformers import AutoModelForSequenceClassification
+    import transformers
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its load report lists the expected head swap as alarms
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
+        model, info = getattr(transformers, auto_class).from_pretrained(
             source, config=config, output_loading_info=True
         )
     finally:
@@ -94,6 +108,12 @@ def load_pretrained(source: str, config, is_main: bool) -> nn.Module:
 
 @registry.register("objective", "seqcls")
 class SequenceClassification(Objective):
+    """One class per text. Subclasses (tokcls) change the Auto class, the config extras and how
+    examples are built; the module, collation, metrics and export are shared."""
+
+    auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
+    config_extras: ClassVar[dict[str, Any]] = {"problem_type": "single_label_classification"}
+
     @dataclass
     class Config(ObjectiveConfig):
         name: str = "seqcls"
@@ -106,12 +126,12 @@ class SequenceClassification(Objective):
             return []
 
     def build_data(self, ctx: RunContext) -> Datasets:
-        from pipeline.finetune.data import PaddedEval, load_labelled
+        from pipeline.finetune.data import PaddedEval
 
         tok = load_tokenizer(ctx.cfg.model.from_pretrained)
         ctx.tokenizer = tok
         self.pad_id = tok.pad_token_id
-        data = load_labelled(ctx, tok)
+        data = self.load_data(ctx, tok)
         self.labels = data.labels
         self.mean_length = data.mean_length
         micro_total = ctx.cfg.train.micro_batch_size * ctx.world_size
@@ -129,14 +149,22 @@ class SequenceClassification(Objective):
             )  # fmt: skip
         return Datasets(data.train, ev, tokens_per_example=round(self.mean_length))
 
+    def load_data(self, ctx: RunContext, tokenizer: Any) -> LabelledData:
+        from pipeline.finetune.data import load_labelled
+
+        return load_labelled(ctx, tokenizer)
+
     def build_module(self, ctx: RunContext) -> nn.Module:
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+        import transformers
+        from transformers import AutoConfig
 
         mcfg = ctx.cfg.model
         id2label = dict(enumerate(self.labels))
         extra = {}
         if mcfg.dropout is not None:
-            extra.update(hidden_dropout_prob=mcfg.dropout, attention_probs_dropout_prob=mcfg.dropout)
+            extra.update(
+                hidden_dropout_prob=mcfg.dropout, attention_probs_dropout_prob=mcfg.dropout
+            )
         if mcfg.classifier_dropout is not None:
             extra["classifier_dropout"] = mcfg.classifier_dropout
         try:
@@ -145,15 +173,15 @@ class SequenceClassification(Objective):
                 num_labels=len(self.labels),
                 id2label=id2label,
                 label2id={v: k for k, v in id2label.items()},
-                problem_type="single_label_classification",
+                **self.config_extras,
                 **extra,
             )
         except (OSError, ValueError) as err:
             raise DataError(f"model.from_pretrained={mcfg.from_pretrained!r}: {err}") from None
         if mcfg.init == "pretrained":
-            model = load_pretrained(mcfg.from_pretrained, config, ctx.is_main)
+            model = load_pretrained(mcfg.from_pretrained, config, ctx.is_main, self.auto_class)
         else:
-            model = AutoModelForSequenceClassification.from_config(config)
+            model = getattr(transformers, self.auto_class).from_config(config)
         if model.config.max_position_embeddings < ctx.cfg.data.max_length:
             raise DataError(
                 f"data.max_length={ctx.cfg.data.max_length} exceeds the model's "
@@ -170,10 +198,16 @@ class SequenceClassification(Objective):
             ids[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
             mask[i, : len(r)] = 1
         weight = examples.get("weight") or [1.0] * len(rows)
+        labels = examples["label"]
+        if labels and isinstance(labels[0], list):  # a tag per token: padding is not scored
+            tags = torch.full((len(rows), longest), IGNORE, dtype=torch.long)
+            for i, t in enumerate(labels):
+                tags[i, : len(t)] = torch.as_tensor(t, dtype=torch.long)
+            labels = tags
         return {
             "input_ids": ids,
             "attention_mask": mask,
-            "labels": torch.as_tensor(examples["label"], dtype=torch.long),
+            "labels": torch.as_tensor(labels, dtype=torch.long),
             "weight": torch.as_tensor(weight, dtype=torch.float),
         }
 

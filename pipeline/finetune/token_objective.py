@@ -1,0 +1,63 @@
+"""Token classification (NER, POS tagging) on the training engine: a stock
+`AutoModelForTokenClassification` started from a pretrained export, one tag per word.
+
+Rows hold a list of words (or a text, split on whitespace) and a list of as many tags. Words are
+tokenized with `is_split_into_words=True` and each word's tag goes on its first sub-token
+(`data.align_tags`); later sub-tokens, special tokens and padding carry IGNORE, so loss and
+metrics count each word once. Token accuracy and macro-F1 over tags (the "O" tag included) come
+from the same exact counts as seqcls (`finetune.metrics`). The export loads with
+`pipeline("token-classification")` as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pipeline import model_card, registry
+from pipeline.data.sources import DataError
+from pipeline.engine.context import RunContext
+from pipeline.finetune.objective import SequenceClassification
+
+if TYPE_CHECKING:
+    from pipeline.finetune.data import LabelledData
+
+# the card's pipeline_tag and model-index task; registered here so the card names this task
+model_card.TASKS.setdefault(
+    "tokcls",
+    (
+        "token-classification",
+        "Token classification",
+        {"accuracy": ("accuracy", "token accuracy"), "macro_f1": ("f1", "token macro-F1")},
+    ),
+)
+
+
+@registry.register("objective", "tokcls")
+class TokenClassification(SequenceClassification):
+    auto_class: ClassVar[str] = "AutoModelForTokenClassification"
+    config_extras: ClassVar[dict[str, Any]] = {}
+
+    @dataclass
+    class Config(SequenceClassification.Config):
+        name: str = "tokcls"
+        label_all_subtokens: bool = False
+        """Put a word's tag on every sub-token, not only the first (a B-X tag becomes I-X after
+        the first); metrics then count sub-tokens, not words."""
+
+    def load_data(self, ctx: RunContext, tokenizer: Any) -> LabelledData:
+        from pipeline.finetune.data import load_labelled
+
+        if ctx.cfg.data.chunk_words:
+            raise DataError(
+                f"data.chunk_words={ctx.cfg.data.chunk_words} cuts texts for seqcls; "
+                "objective tokcls tags whole rows (set data.chunk_words=0)"
+            )
+        if not getattr(tokenizer, "is_fast", False):
+            raise DataError(
+                f"the tokenizer of {ctx.cfg.model.from_pretrained!r} is not a fast (Rust) "
+                "tokenizer; aligning word tags to sub-tokens needs its word_ids()"
+            )
+        return load_labelled(
+            ctx, tokenizer, per_token=True, label_all_subtokens=self.cfg.label_all_subtokens
+        )
