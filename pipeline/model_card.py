@@ -36,6 +36,11 @@ TASKS: dict[str, tuple[str, str, dict[str, tuple[str, str]]]] = {
         "Text classification",
         {"accuracy": ("accuracy", "accuracy"), "macro_f1": ("f1", "macro-F1")},
     ),
+    "tokcls": (
+        "token-classification",
+        "Token classification",
+        {"accuracy": ("accuracy", "token accuracy"), "macro_f1": ("f1", "token macro-F1")},
+    ),
 }
 GENERIC = ("feature-extraction", "Representation learning", {})
 

@@ -14,23 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pipeline import model_card, registry
+from pipeline import registry
 from pipeline.data.sources import DataError
 from pipeline.engine.context import RunContext
 from pipeline.finetune.objective import SequenceClassification
 
 if TYPE_CHECKING:
     from pipeline.finetune.data import LabelledData
-
-# the card's pipeline_tag and model-index task; registered here so the card names this task
-model_card.TASKS.setdefault(
-    "tokcls",
-    (
-        "token-classification",
-        "Token classification",
-        {"accuracy": ("accuracy", "token accuracy"), "macro_f1": ("f1", "token macro-F1")},
-    ),
-)
 
 
 @registry.register("objective", "tokcls")
