@@ -97,17 +97,20 @@ def test_sigterm_checkpoints_at_step_boundary_and_exits_75(tmp_path, nproc):
 def test_second_ctrl_c_exits_at_once_and_corrupts_nothing(tmp_path):
     """First Ctrl-C: a checkpoint starts at the next boundary (stalled half written for 5 s by
     the fault hook); second Ctrl-C during that write: exit 130 at once. Every finished
-    checkpoint still verifies, the half-written one is a .tmp-* folder that resume ignores."""
+    checkpoint still verifies, the half-written one is a .tmp-* folder that resume ignores.
+
+    Training holds after step 4 until the first signal (fault point hold), so it stops at step 4
+    or 5, before the regular checkpoint 6: the only checkpoint that can be in progress after
+    checkpoint 3 is the stop checkpoint, so the second Ctrl-C cannot arrive before the first is
+    handled (two signals close together would reach the Python handler once)."""
     out, log = tmp_path / "run", tmp_path / "log.txt"
     args = train_args(out, *LONG, "train.checkpoint_every=3")
-    proc = launch(args, 1, log, PIPELINE_FAULT="stall_checkpoint@*")
+    proc = launch(args, 1, log, PIPELINE_FAULT="stall_checkpoint@*,hold@4")
     ckpts = out / "checkpoints"
     try:
         wait_for(lambda: (ckpts / "step-00000003").is_dir(), proc, "checkpoint 3")
         proc.send_signal(signal.SIGINT)
-        wait_for(
-            lambda: any(ckpts.glob(".tmp-step-*")), proc, "a checkpoint in progress", poll=0.05
-        )
+        wait_for(lambda: any(ckpts.glob(".tmp-step-*")), proc, "the stop checkpoint", poll=0.05)
         started = time.time()
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
