@@ -16,7 +16,7 @@ from torch import nn
 
 from pipeline import config as config_lib
 from pipeline import registry
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, check_minimums
 from pipeline.ebm import plots
 from pipeline.ebm.data import PointData, load_points
 from pipeline.ebm.export import EXPORT_CONFIG
@@ -48,11 +48,7 @@ class EnergyConfig(ObjectiveConfig):
             problems.append("num_train and num_eval must be >= 1")
         if not 0.0 <= self.ema < 1.0:
             problems.append(f"ema must be in [0, 1), got {self.ema}")
-        if self.grid_size < 16:
-            problems.append(f"grid_size must be >= 16, got {self.grid_size}")
-        if self.grid_margin < 0:
-            problems.append(f"grid_margin must be >= 0, got {self.grid_margin}")
-        return problems
+        return problems + check_minimums(self, {"grid_size": 16, "grid_margin": 0})
 
 
 class EnergyObjective(Objective):

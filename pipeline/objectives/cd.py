@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from pipeline import registry
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, check_minimums
 from pipeline.ebm.langevin import LangevinSpec, ReplayBuffer, langevin
 from pipeline.ebm.module import EnergyModule
 from pipeline.ebm.objective import EnergyConfig, EnergyObjective
@@ -113,13 +113,11 @@ class ContrastiveDivergence(EnergyObjective):
         its span per side (points); images are kept in the data's value range."""
 
         def validate(self) -> list[str]:
-            problems = super().validate()
-            if self.steps < 1:
-                problems.append(f"steps must be >= 1, got {self.steps}")
+            problems = super().validate() + check_minimums(
+                self, {"steps": 1, "noise_scale": 0, "alpha": 0, "init_margin": 0}
+            )
             if self.step_size <= 0:
                 problems.append(f"step_size must be > 0, got {self.step_size}")
-            if self.noise_scale is not None and self.noise_scale < 0:
-                problems.append(f"noise_scale must be >= 0, got {self.noise_scale}")
             if self.final_step_size is not None and self.final_step_size <= 0:
                 problems.append(f"final_step_size must be > 0, got {self.final_step_size}")
             if self.metropolis and self.noise_scale == 0:
@@ -128,10 +126,6 @@ class ContrastiveDivergence(EnergyObjective):
                 problems.append(f"grad_clip must be > 0 (or null), got {self.grad_clip}")
             if not 0.0 <= self.reinit <= 1.0:
                 problems.append(f"reinit must be in [0, 1], got {self.reinit}")
-            if self.alpha < 0:
-                problems.append(f"alpha must be >= 0, got {self.alpha}")
-            if self.init_margin < 0:
-                problems.append(f"init_margin must be >= 0, got {self.init_margin}")
             return problems
 
     cfg: Config
