@@ -8,16 +8,16 @@ batch (micro 4 x accumulation 2 x 2 processes), clipping at 1.0, a checkpoint at
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
+from tests.conftest import TINY, _free_port
+from tests.conftest import env as base_env
+from tests.conftest import metrics as metric_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCELERATE_CONFIGS = ROOT / "configs" / "accelerate"
@@ -40,22 +40,12 @@ BASE = [
 
 
 def env(**extra: str) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "PIPELINE_"))}
-    out.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        DS_ACCELERATOR="cpu",
-        OMP_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    out.update(extra)
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """The tests' environment on DeepSpeed's CPU accelerator, without inherited ACCELERATE_* and
+    PIPELINE_* variables (an outer launch or fault must not leak into these runs)."""
+    inherited = {
+        k: v for k, v in base_env().items() if not k.startswith(("ACCELERATE_", "PIPELINE_"))
+    }
+    return {**inherited, "DS_ACCELERATOR": "cpu", **extra}
 
 
 def launch(
@@ -69,7 +59,7 @@ def launch(
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(ACCELERATE_CONFIGS / accelerate_config),
-        "--num_processes", str(nproc), "--main_process_port", str(free_port()),
+        "--num_processes", str(nproc), "--main_process_port", str(_free_port()),
         "-m", "pipeline", "train", *BASE, *overrides, "--output-dir", str(run_dir),
     ]  # fmt: skip
     proc = subprocess.run(
@@ -85,8 +75,7 @@ def check_ok(proc: subprocess.CompletedProcess) -> None:
 
 
 def metrics(run_dir: Path, split: str = "train") -> dict[int, dict]:
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
-    return {m["step"]: m for m in lines if m["split"] == split}
+    return {m["step"]: m for m in metric_rows(run_dir, split)}
 
 
 def losses(run_dir: Path) -> dict[int, float]:
