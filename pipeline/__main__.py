@@ -2,29 +2,18 @@
 
     train    CONFIG [key=value ...] [--output-dir DIR]   pretrain (mlm, cd, nce, infonce...)
     export   RUN_DIR [--checkpoint DIR]                 Hugging Face folder in RUN_DIR/export
+    ...      `python -m pipeline --help` lists every command (one module each in commands/)
 
 Errors a user can act on (bad config, bad data, bad setup) print one line and exit 2.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
 
-from pipeline.cli import COMMANDS
-
-# one module per command; a new command is a new module in pipeline/commands plus a line here
-COMMAND_MODULES = [
-    "pipeline.commands.train",
-    "pipeline.commands.export",
-    "pipeline.commands.slurm",
-    "pipeline.commands.stage",
-    "pipeline.commands.run",
-    "pipeline.commands.finetune",
-    "pipeline.commands.publish",
-]
+from pipeline.cli import commands
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -33,7 +22,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.data.sources import DataError
     from pipeline.engine.checkpoint import CheckpointError
     from pipeline.engine.guards import NonFiniteStop
-    from pipeline.engine.setup import SetupError
+    from pipeline.engine.launch import SetupError
     from pipeline.export import ExportError
     from pipeline.hub import HubError
 
@@ -51,20 +40,19 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for module in COMMAND_MODULES:
-        importlib.import_module(module)
+    table = commands()
     for noisy in ("datasets", "httpx", "urllib3", "accelerate", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not argv or argv[0] in ("-h", "--help"):
-        lines = [f"  {name:9s} {help_text}" for name, (help_text, _) in COMMANDS.items()]
+        lines = [f"  {name:9s} {c.help}" for name, c in table.items()]
         print("usage: python -m pipeline COMMAND [...]\n\ncommands:\n" + "\n".join(lines))
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        print(f"error: unknown command {name!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+    if name not in table:
+        print(f"error: unknown command {name!r}; commands: {', '.join(table)}", file=sys.stderr)
         return 2
     try:
-        return COMMANDS[name][1](rest)
+        return table[name].run(rest)
     except user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,19 +1,33 @@
-"""Shared pieces of the command line: the command table and config-file arguments."""
+"""Shared pieces of the command line: command registration and config-file arguments.
+
+A command is one module in pipeline/commands/ with a function decorated `@command(NAME, HELP)`
+taking argv and returning an exit status; the registry finds it (kind "command")."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from dataclasses import dataclass
 
-COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
+from pipeline import registry
+
+
+@dataclass
+class Command:
+    help: str
+    run: Callable[[list[str]], int]
 
 
 def command(name: str, help_text: str):
     def decorator(fn: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
-        COMMANDS[name] = (help_text, fn)
+        registry.register("command", name)(Command(help_text, fn))
         return fn
 
     return decorator
+
+
+def commands() -> dict[str, Command]:
+    return dict(registry.items("command"))
 
 
 def config_parser(prog: str, schema: type, description: str) -> argparse.ArgumentParser:

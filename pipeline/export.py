@@ -5,44 +5,36 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file
 
 from pipeline import config as config_lib
 from pipeline import registry
 from pipeline.engine import checkpoint
-from pipeline.engine.context import RunContext
+from pipeline.engine.context import EngineContext
 from pipeline.engine.metrics import read_metrics
+from pipeline.protocols import Objective, RunContext
+
+if TYPE_CHECKING:
+    from pipeline.engine.train import Trainer
 
 
 class ExportError(RuntimeError):
     pass
 
 
-def export_module(
-    objective: Any, accelerator: Any, module: torch.nn.Module, ctx: RunContext
-) -> Path:
+def export_trained(trainer: Trainer) -> Path:
     """Collective (every process calls it; sharded weights are gathered); main writes."""
-    folder = ctx.run_dir / "export"
-    if accelerator.distributed_type == "DEEPSPEED":
-        from pipeline.engine.deepspeed import export_copy
-
-        # ZeRO-3 parameters are shards and bf16 ones are not the fp32 master: export a fresh
-        # copy holding the gathered fp32 master weights
-        copy = export_copy(objective, accelerator, module, ctx)
-        if ctx.is_main:
-            _write(objective, copy, folder, ctx)
-        accelerator.wait_for_everyone()
-        return folder
-    if ctx.is_main:  # DDP: every process holds the full weights; the main one writes them
-        _write(objective, accelerator.unwrap_model(module), folder, ctx)
-    accelerator.wait_for_everyone()
+    folder = trainer.run_dir / "export"
+    module = trainer.unsharded_module()
+    if trainer.ctx.is_main:
+        _write(trainer.objective, module, folder, trainer.ctx)
+    trainer.accelerator.wait_for_everyone()
     return folder
 
 
-def _write(objective: Any, module: torch.nn.Module, folder: Path, ctx: RunContext) -> None:
+def _write(objective: Objective, module: torch.nn.Module, folder: Path, ctx: RunContext) -> None:
     from pipeline.model_card import write_model_card
 
     tmp = folder.with_name(folder.name + ".tmp")
@@ -72,23 +64,17 @@ def export_run(run_dir: str | Path, checkpoint_dir: str | Path | None = None) ->
     problem = checkpoint.verify(source)
     if problem:
         raise ExportError(f"cannot export: {problem}")
-    weights = source / "model.safetensors"
-    if not weights.is_file():
-        from pipeline.engine.deepspeed import consolidated_state_dict  # ZeRO shards
-
-        state = consolidated_state_dict(source)
-    else:
-        state = load_file(str(weights))
-    ctx = RunContext(cfg=cfg, run_dir=run_dir, accelerator=Accelerator(cpu=True))
+    state = checkpoint.full_weights(source)  # Accelerate's safetensors or ZeRO shards
+    ctx = EngineContext(cfg=cfg, run_dir=run_dir, accelerator=Accelerator(cpu=True))
     if (run_dir / "tokenizer").is_dir():
         ctx.tokenizer = load_tokenizer(str(run_dir / "tokenizer"))
     objective = registry.get("objective", cfg.objective.name)(cfg.objective)
     module = objective.build_module(ctx)
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    # BERT's decoder shares its weight with the word embeddings and its bias with the head's
-    # bias; safetensors stores each shared tensor once, so the tied names may be absent
-    missing = [k for k in missing if not k.endswith(("decoder.weight", "decoder.bias"))]
-    if missing or unexpected:
-        raise ExportError(f"{weights}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    try:
+        # safetensors stores each tied tensor once (BERT's decoder shares the word embeddings):
+        # the loader takes either name and insists every parameter gets a value
+        checkpoint.load_full_state(module, state, source=str(source))
+    except RuntimeError as err:
+        raise ExportError(str(err)) from None
     _write(objective, module, run_dir / "export", ctx)
     return run_dir / "export"

@@ -20,29 +20,13 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from pipeline import config as config_lib
+from pipeline import registry
+from pipeline.objectives.base import Task
 
-# per objective: (pipeline_tag, task name for model-index, metric keys -> (type, readable name))
-TASKS: dict[str, tuple[str, str, dict[str, tuple[str, str]]]] = {
-    "mlm": (
-        "fill-mask",
-        "Masked language modelling",
-        {
-            "mlm_accuracy": ("accuracy", "masked-token accuracy"),
-            "perplexity": ("perplexity", "perplexity"),
-        },
-    ),
-    "seqcls": (
-        "text-classification",
-        "Text classification",
-        {"accuracy": ("accuracy", "accuracy"), "macro_f1": ("f1", "macro-F1")},
-    ),
-    "tokcls": (
-        "token-classification",
-        "Token classification",
-        {"accuracy": ("accuracy", "token accuracy"), "macro_f1": ("f1", "token macro-F1")},
-    ),
-}
-GENERIC = ("feature-extraction", "Representation learning", {})
+
+def task_of(cfg: Any) -> Task:
+    """What the objective says its export is for (`Objective.task`)."""
+    return registry.get("objective", cfg.objective.name).task
 
 
 def _last(metrics: list[dict], split: str) -> dict:
@@ -70,12 +54,13 @@ def hardware() -> str:
 
 
 def _is_finetune(cfg: Any) -> bool:
-    return hasattr(cfg.data, "label_column")
+    return task_of(cfg).finetuned
 
 
 def card_data(cfg: Any, metrics: list[dict]) -> ModelCardData:
     objective = cfg.objective.name
-    pipeline_tag, task_name, wanted = TASKS.get(objective, GENERIC)
+    task = task_of(cfg)
+    pipeline_tag, task_name, wanted = task.pipeline_tag, task.name, task.metrics
     ev = _last(metrics, "eval")
     hub_datasets = [p for p in cfg.data.path if is_hub_id(p)]
     dataset_name = ", ".join(cfg.data.path)
@@ -102,8 +87,8 @@ def card_data(cfg: Any, metrics: list[dict]) -> ModelCardData:
         model_name=Path(cfg.output_dir).name,
         license="apache-2.0",
         language=["en"],
-        library_name="transformers",
-        pipeline_tag=pipeline_tag,
+        library_name=task.library,
+        pipeline_tag=pipeline_tag or None,
         tags=tags,
         datasets=hub_datasets or None,
         base_model=base if base and is_hub_id(base) else None,
@@ -177,7 +162,7 @@ def _training_lines(cfg: Any, metrics: list[dict]) -> list[str]:
 
 
 def _usage(cfg: Any) -> list[str]:
-    task = TASKS.get(cfg.objective.name, GENERIC)[0]
+    task = task_of(cfg).pipeline_tag
     example = "In the beginning God created the heaven and the earth."
     if task == "fill-mask":
         example = "In the beginning God created the [MASK] and the earth."

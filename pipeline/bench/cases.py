@@ -85,14 +85,15 @@ def prepare(overrides: list[str], out: Path) -> list[str]:
     import numpy as np
 
     from pipeline.data import text
-    from pipeline.engine.context import RunContext
+    from pipeline.data.packing import BlockTemplate
+    from pipeline.engine.context import EngineContext
 
     out.mkdir(parents=True, exist_ok=True)
     cfg = run_config(overrides, out)
-    ctx = RunContext(cfg=cfg, run_dir=out, accelerator=_OneProcess())  # type: ignore[arg-type]
+    ctx = EngineContext(cfg=cfg, run_dir=out, accelerator=_OneProcess())  # type: ignore[arg-type]
     corpus = text.load_corpus(ctx)
     tok = text.get_tokenizer(ctx, corpus)  # saved into OUT/tokenizer
-    train, _ = text.packed(ctx, corpus, tok)
+    train, _ = text.packed(ctx, corpus, tok, BlockTemplate.of(tok))
     target = out / "trainer_data"
     if not (target / "dataset_info.json").is_file():
         ids = np.asarray(train.with_format("numpy")[:]["input_ids"], dtype=np.int64)
@@ -109,19 +110,17 @@ def prepare(overrides: list[str], out: Path) -> list[str]:
 
 
 def flops_per_token(overrides: list[str], vocab_size: int) -> float:
-    """Model training FLOPs per token: 6 x parameters + attention (engine/metrics.py), counted
-    on a parameter-free (meta) copy of the model."""
+    """Model training FLOPs per token, as the engine counts them for MFU (the family's
+    `flops_per_token` with the LM head on the masked fraction), on a parameter-free (meta)
+    copy of the model."""
     from pipeline import registry
-    from pipeline.engine.metrics import transformer_flops_per_token
 
     cfg = run_config(overrides)
+    family = registry.get("model", cfg.model.name)
     with torch.device("meta"):
-        model = registry.get("model", cfg.model.name).build(cfg.model, vocab_size=vocab_size)
-    c = model.config
-    n_params = sum(p.numel() for p in model.parameters())
-    return transformer_flops_per_token(
-        n_params, c.num_hidden_layers, c.hidden_size, cfg.data.block_size
-    )
+        model = family.build_masked_lm(cfg.model, vocab_size, 0)
+    predicted = cfg.objective.mask_prob if cfg.objective.sparse_prediction else 1.0
+    return family.flops_per_token(model, cfg.data.block_size, predicted)
 
 
 def worker_env(threads: int | None) -> dict[str, str]:

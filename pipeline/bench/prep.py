@@ -16,12 +16,12 @@ import time
 from itertools import chain
 from typing import Any
 
-from pipeline.data.packing import PACK_BATCH, tokenize_and_pack_fn
+from pipeline.data.packing import PACK_BATCH, BlockTemplate, tokenize_and_pack_fn
 
 
 def ours(ds: Any, tokenizer: Any, column: str, block_size: int) -> Any:
     return ds.map(
-        tokenize_and_pack_fn(tokenizer, column, block_size),
+        tokenize_and_pack_fn(tokenizer, column, block_size, BlockTemplate.of(tokenizer)),
         batched=True,
         batch_size=PACK_BATCH,
         remove_columns=ds.column_names,

@@ -68,8 +68,8 @@ def run_trainer(spec: dict) -> dict[str, Any]:
     steps, window = spec["steps"], spec["window"]
     tok = load_tokenizer(cfg.tokenizer.name_or_path)
     torch.manual_seed(cfg.train.seed)
-    model = registry.get("model", cfg.model.name).build(
-        cfg.model, vocab_size=len(tok), pad_token_id=tok.pad_token_id
+    model = registry.get("model", cfg.model.name).build_masked_lm(
+        cfg.model, len(tok), tok.pad_token_id
     )
     data = datasets.load_from_disk(spec["extra"]["trainer_data"])
     accum = setup.accumulation_steps(cfg.train, 1)

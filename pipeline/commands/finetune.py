@@ -33,9 +33,9 @@ def finetune_command(argv: list[str]) -> int:
     args.overrides.append(f"model.from_pretrained={args.export_dir}")
     cfg = load_run_config(FinetuneConfig, args)
     _check_source(cfg.model.from_pretrained)
-    from pipeline.engine.train import train
+    from pipeline.workflow import train_and_export
 
-    result = train(cfg)
+    result = train_and_export(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # the held-out metrics, once
         print(json.dumps({k: round(v, 4) for k, v in result.items()}))
     return 0

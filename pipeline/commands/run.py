@@ -10,7 +10,7 @@ from pipeline.cli import command, config_parser
 @command("run", "run a chain of stages (configs/pipeline/*.yaml), skipping completed ones")
 def run_command(argv: list[str]) -> int:
     from pipeline import config as config_lib
-    from pipeline.stages.chain import ChainConfig, run_chain, split_overrides
+    from pipeline.chain import ChainConfig, run_chain, split_overrides
 
     parser = config_parser(
         "python -m pipeline run",

@@ -12,7 +12,7 @@ def train_command(argv: list[str]) -> int:
     parser = config_parser("python -m pipeline train", RunConfig, "Pretrain a model.")
     args = parser.parse_intermixed_args(argv)  # overrides may follow --output-dir
     cfg = load_run_config(RunConfig, args)
-    from pipeline.engine.train import train
+    from pipeline.workflow import train_and_export
 
-    train(cfg)
+    train_and_export(cfg)
     return 0

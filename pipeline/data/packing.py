@@ -1,6 +1,7 @@
 """Tokenize and pack documents into fixed-length blocks, with an on-disk cache.
 
-Block layout (RoBERTa's FULL-SENTENCES packing, with BERT's special tokens):
+Block layout (RoBERTa's FULL-SENTENCES packing; the special tokens are the model family's
+`BlockTemplate`, BERT's shown):
     [CLS] doc1 tokens ... [SEP] doc2 tokens ... [SEP] doc3 ... [SEP]
 Documents are concatenated into one stream, each followed by [SEP]; the stream is cut into
 chunks of `block_size - 2` tokens, and every chunk is wrapped as [CLS] chunk [SEP]. So every
@@ -18,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,22 @@ PACK_VERSION = 1
 PACK_BATCH = 10_000
 
 
+@dataclass(frozen=True)
+class BlockTemplate:
+    """Token ids of a packed block: `start doc1 sep doc2 sep ... end` (BERT: [CLS] / [SEP])."""
+
+    start: int
+    sep: int
+    end: int
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> BlockTemplate:
+        """BERT/RoBERTa style: the tokenizer's cls (<s>) starts, sep (</s>) separates and ends."""
+        return cls(tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.sep_token_id)
+
+
 def pack_ids(
-    docs: list[list[int]], block_size: int, cls_id: int, sep_id: int
+    docs: list[list[int]], block_size: int, template: BlockTemplate
 ) -> tuple[np.ndarray, int]:
     """Pack token lists into [n, block_size] blocks; return (blocks, dropped tail length)."""
     chunk = block_size - 2
@@ -39,23 +55,21 @@ def pack_ids(
     pos = 0
     for doc, end in zip(docs, ends):
         stream[pos : end - 1] = doc
-        stream[end - 1] = sep_id
+        stream[end - 1] = template.sep
         pos = end
     n = len(stream) // chunk
     blocks = np.empty((n, block_size), dtype=np.int32)
-    blocks[:, 0] = cls_id
+    blocks[:, 0] = template.start
     blocks[:, 1:-1] = stream[: n * chunk].reshape(n, chunk)
-    blocks[:, -1] = sep_id
+    blocks[:, -1] = template.end
     return blocks, len(stream) - n * chunk
 
 
-def tokenize_and_pack_fn(tokenizer: Any, column: str, block_size: int):
-    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-
+def tokenize_and_pack_fn(tokenizer: Any, column: str, block_size: int, template: BlockTemplate):
     def fn(batch: dict[str, list]) -> dict[str, Any]:
         texts = [t for t in batch[column] if isinstance(t, str) and t.strip()]
         ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-        blocks, _ = pack_ids(ids, block_size, cls_id, sep_id)
+        blocks, _ = pack_ids(ids, block_size, template)
         return {"input_ids": blocks}
 
     return fn
@@ -67,8 +81,13 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256((vocab + repr(norm) + type(tokenizer).__name__).encode()).hexdigest()
 
 
-def cache_key(source_fingerprint: str, tokenizer: Any, column: str, block_size: int) -> str:
-    text = f"v{PACK_VERSION}|{source_fingerprint}|{column}|{block_size}|{tokenizer_fingerprint(tokenizer)}"
+def cache_key(
+    source_fingerprint: str, tokenizer: Any, column: str, block_size: int, template: BlockTemplate
+) -> str:
+    text = (
+        f"v{PACK_VERSION}|{source_fingerprint}|{column}|{block_size}|"
+        f"{tokenizer_fingerprint(tokenizer)}|{template.start},{template.sep},{template.end}"
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -88,6 +107,7 @@ def packed_blocks(
     tokenizer: Any,
     column: str,
     block_size: int,
+    template: BlockTemplate,
     source_fingerprint: str,
     cache_dir: str | Path | None = None,
     num_proc: int | None = None,
@@ -95,12 +115,12 @@ def packed_blocks(
     """Tokenized + packed blocks, read from the cache when this data, tokenizer and length were
     prepared before (the cache folder is written under a temporary name, then renamed)."""
     folder = Path(cache_dir or default_cache_dir()) / cache_key(
-        source_fingerprint, tokenizer, column, block_size
+        source_fingerprint, tokenizer, column, block_size, template
     )
     if (folder / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(folder))
     blocks = ds.map(
-        tokenize_and_pack_fn(tokenizer, column, block_size),
+        tokenize_and_pack_fn(tokenizer, column, block_size, template),
         batched=True,
         batch_size=PACK_BATCH,
         remove_columns=ds.column_names,
@@ -119,11 +139,13 @@ def packed_blocks(
     return datasets.load_from_disk(str(folder))
 
 
-def packed_stream(ds: Any, tokenizer: Any, column: str, block_size: int) -> Any:
+def packed_stream(
+    ds: Any, tokenizer: Any, column: str, block_size: int, template: BlockTemplate
+) -> Any:
     """Streaming counterpart: an IterableDataset of blocks, packed on the fly in batches."""
     columns = list(ds.column_names) if ds.column_names else None
     return ds.map(
-        tokenize_and_pack_fn(tokenizer, column, block_size),
+        tokenize_and_pack_fn(tokenizer, column, block_size, template),
         batched=True,
         batch_size=1000,
         remove_columns=columns,

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data import packing, sources
+from pipeline.data.packing import BlockTemplate
 from pipeline.data.sources import DataError, Source
 from pipeline.data.tokenizer import check_tokenizer, load_tokenizer, train_wordpiece
-from pipeline.engine.context import RunContext
+from pipeline.protocols import RunContext
 
 
 @dataclass
@@ -126,17 +127,22 @@ def _first_texts(ds: Any, column: str, limit: int):
             yield row[column]
 
 
-def packed(ctx: RunContext, corpus: TextCorpus, tokenizer: Any) -> tuple[Any, Any | None]:
-    """(train blocks, eval blocks) of `data.block_size` tokens; cached on disk."""
+def packed(
+    ctx: RunContext, corpus: TextCorpus, tokenizer: Any, template: BlockTemplate
+) -> tuple[Any, Any | None]:
+    """(train blocks, eval blocks) of `data.block_size` tokens laid out by the model family's
+    `template`; cached on disk."""
     d = ctx.cfg.data
     if d.streaming:
         from datasets.distributed import split_dataset_by_node
 
         shard = split_dataset_by_node(corpus.train, rank=ctx.rank, world_size=ctx.world_size)
-        train = packing.packed_stream(shard, tokenizer, d.text_column, d.block_size)
+        train = packing.packed_stream(shard, tokenizer, d.text_column, d.block_size, template)
         ev = None
         if corpus.eval is not None:
-            blocks = packing.packed_stream(corpus.eval, tokenizer, d.text_column, d.block_size)
+            blocks = packing.packed_stream(
+                corpus.eval, tokenizer, d.text_column, d.block_size, template
+            )
             ev = _materialize(blocks, d.max_eval_examples)
         return train, ev
     with ctx.main_first():
@@ -145,6 +151,7 @@ def packed(ctx: RunContext, corpus: TextCorpus, tokenizer: Any) -> tuple[Any, An
             tokenizer,
             d.text_column,
             d.block_size,
+            template,
             corpus.train_source.fingerprint() + f"|n={len(corpus.train)}",
             d.cache_dir,
             d.num_proc,
@@ -156,6 +163,7 @@ def packed(ctx: RunContext, corpus: TextCorpus, tokenizer: Any) -> tuple[Any, An
                 tokenizer,
                 d.text_column,
                 d.block_size,
+                template,
                 corpus.eval_source.fingerprint() + f"|n={len(corpus.eval)}",
                 d.cache_dir,
                 d.num_proc,

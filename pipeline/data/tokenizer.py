@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import torch
 from tokenizers import (
     Tokenizer,
     decoders,
@@ -89,3 +90,16 @@ def check_tokenizer(tok: PreTrainedTokenizerBase, where: str, need_mask: bool = 
 
 def save_tokenizer(tok: PreTrainedTokenizerBase, folder: str | Path) -> None:
     tok.save_pretrained(str(folder))
+
+
+def word_continuation(tok: PreTrainedTokenizerBase) -> torch.Tensor:
+    """Bool per token id: True where the token continues the previous word (WordPiece `##x`),
+    so whole-word masking gives every piece of a word the decision of its first piece."""
+    prefix = "##"
+    model = getattr(getattr(tok, "backend_tokenizer", None), "model", None)
+    if model is not None and getattr(model, "continuing_subword_prefix", None):
+        prefix = model.continuing_subword_prefix
+    cont = torch.zeros(len(tok), dtype=torch.bool)
+    for token, i in tok.get_vocab().items():
+        cont[i] = token.startswith(prefix)
+    return cont

@@ -1,11 +1,12 @@
 """Deterministic batches whose position is just the step number.
 
-Map-style data: the order of epoch e is a permutation drawn from (seed, e); optimizer step s
-uses the global batch at offset (s mod steps_per_epoch) * global_batch; process r takes micro
-batch j of that step from slot (j * world + r). So a resumed run continues at exactly the next
-example with no state beyond the step counter, at any number of DataLoader workers. Each
-micro batch is collated with its own generator seeded from (seed, step, j, r): masks and
-noise are the same after a resume.
+Map-style data: the order of epoch e is a permutation drawn from (seed, e); global batch b (the
+b-th step attempted, skipped ones included: `TrainState.batches`) is the one at offset
+(b mod batches_per_epoch) * global_batch; process r takes micro batch j of it from slot
+(j * world + r). So a resumed run continues at exactly the next unseen example with no state
+beyond that counter, at any number of DataLoader workers, and with train.global_batch_size set
+the same examples at any process count. Each micro batch is collated with its own generator
+seeded from (seed, b, j, r): masks and noise are the same after a resume.
 
 Streaming data: each process reads its own shard of the stream in order; the position is the
 IterableDataset's `state_dict()`, saved in the checkpoint.
@@ -99,12 +100,13 @@ class _From(torch.utils.data.Sampler):
 
 
 def micro_batches(
-    batches: StepBatches, start_step: int, num_workers: int = 0, pin_memory: bool = False
+    batches: StepBatches, start_batch: int, num_workers: int = 0, pin_memory: bool = False
 ) -> Iterator[dict]:
+    """This process's micro batches from global batch `start_batch` on, endlessly."""
     loader = DataLoader(
         batches,
         batch_size=None,
-        sampler=_From(start_step * batches.accum),
+        sampler=_From(start_batch * batches.accum),
         num_workers=num_workers,
         pin_memory=pin_memory,
         prefetch_factor=4 if num_workers else None,

@@ -6,10 +6,16 @@ checkpoint counts only when its manifest exists and every hash matches, so a pro
 while writing leaves only a `.tmp-*` folder, which resume ignores and the next save removes.
 Rotation deletes old checkpoints only after the new one is complete.
 
-Contents: Accelerate's `save_state` (model as safetensors, optimizer; DeepSpeed writes its
-own shards through the same call), `trainer_state.json` (step, tokens, scheduler...), and one
-`rank-K.pt` per process with its RNG states and objective state. Everything is read back with
-`torch.load(weights_only=True)`: a pickle that would run code is refused.
+`write_atomic` is that protocol for any writer: the engine's collective `save` below and the
+stages' single-process checkpoints both go through it (fsync'd manifest and folder, a full disk
+reported as CheckpointError with the previous checkpoints intact).
+
+Contents of an engine checkpoint: Accelerate's `save_state` (model as safetensors, optimizer;
+DeepSpeed writes its own shards through the same call), `trainer_state.json` (step, data
+position, tokens, scheduler...), and one `rank-K.pt` per process with its RNG states and
+objective state. Our own files are read back with `torch.load(weights_only=True)`: a pickle
+that would run code is refused. DeepSpeed's shard files are the exception: DeepSpeed reads them
+itself with `weights_only=False` (see `deepspeed.consolidated_state_dict`).
 """
 
 from __future__ import annotations
@@ -22,13 +28,12 @@ import pickle
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-
-from pipeline.engine import faults
 
 log = logging.getLogger(__name__)
 
@@ -128,38 +133,49 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(
-    accelerator: Any,
-    run_dir: str | Path,
+def _no_phase(phase: str, step: int) -> None:
+    pass
+
+
+def write_atomic(
+    root: Path,
     step: int,
-    trainer_state: dict[str, Any],
-    rank_state: dict[str, Any],
+    write: Callable[[Path], None],
+    *,
     keep: int,
+    finish: Callable[[Path], None] | None = None,
+    is_main: bool = True,
+    barrier: Callable[[], None] = lambda: None,
+    on_phase: Callable[[str, int], None] = _no_phase,
 ) -> Path:
-    """Collective: every process calls it. Returns the finished folder."""
-    root = checkpoints_dir(run_dir)
+    """Write checkpoint `step` under `root` atomically; return the finished folder.
+
+    Every process calls `write(tmp)` (its own files); the main process then calls
+    `finish(tmp)` (files only it writes), writes the manifest last, renames the folder and
+    removes all but the newest `keep` checkpoints. `barrier` separates the phases when several
+    processes write; `on_phase` is told "files", "before_manifest" and "complete" (hooks)."""
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
-    if accelerator.is_main_process:
+    if is_main:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
-    accelerator.wait_for_everyone()
+    barrier()
     try:
-        accelerator.save_state(str(tmp), safe_serialization=True)
-        faults.maybe_fail("disk_full", step)
-        torch.save({**rank_state, "rng": rng_state()}, tmp / f"rank-{accelerator.process_index}.pt")
+        write(tmp)
+        on_phase("files", step)
     except OSError as err:  # disk full, quota...: the previous checkpoints stay as they are
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(
             f"saving checkpoint {final} failed: {err.strerror or err}; the previous "
             f"checkpoints in {root} are intact"
         ) from None
-    accelerator.wait_for_everyone()
-    faults.maybe_fail("mid_checkpoint", step)
-    if accelerator.is_main_process:
-        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
+    barrier()
+    on_phase("before_manifest", step)
+    if is_main:
+        if finish is not None:
+            finish(tmp)
         write_manifest(tmp)
         # a folder of the same step (e.g. a corrupted one resume skipped) is replaced only now
         # that the new one is complete; a kill in between leaves a .tmp-* the next save removes
@@ -169,11 +185,62 @@ def save(
         tmp.rename(final)
         _fsync_dir(root)
         shutil.rmtree(replaced, ignore_errors=True)
-        for _, old in list_checkpoints(run_dir)[keep:]:
+        for _, old in list_checkpoints(root.parent)[keep:]:
             shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    faults.maybe_fail("after_checkpoint", step)
+    barrier()
+    on_phase("complete", step)
     return final
+
+
+def save(
+    accelerator: Any,
+    run_dir: str | Path,
+    step: int,
+    trainer_state: dict[str, Any],
+    rank_state: dict[str, Any],
+    keep: int,
+    on_phase: Callable[[str, int], None] = _no_phase,
+) -> Path:
+    """Collective: every process calls it. Returns the finished folder."""
+
+    def write(tmp: Path) -> None:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        torch.save({**rank_state, "rng": rng_state()}, tmp / f"rank-{accelerator.process_index}.pt")
+
+    def finish(tmp: Path) -> None:
+        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
+
+    return write_atomic(
+        checkpoints_dir(run_dir), step, write, keep=keep, finish=finish,
+        is_main=accelerator.is_main_process, barrier=accelerator.wait_for_everyone,
+        on_phase=on_phase,
+    )  # fmt: skip
+
+
+def load_full_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict that takes tied parameters under either name (or both) and insists that
+    every parameter gets a value (named_parameters() lists a tied parameter once)."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    unset = [k for k, _ in module.named_parameters() if k in missing]
+    buffers = {k for k, _ in module.named_buffers()}
+    unexpected = [k for k in unexpected if k not in buffers]
+    if unset or unexpected:
+        raise RuntimeError(
+            f"weights from {source} do not fit the model: missing {unset[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+
+
+def full_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of a checkpoint: Accelerate's model.safetensors, else ZeRO shards."""
+    weights = folder / "model.safetensors"
+    if weights.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(weights))
+    from pipeline.engine.deepspeed import consolidated_state_dict
+
+    return consolidated_state_dict(folder)
 
 
 def load(accelerator: Any, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -1,21 +1,23 @@
-"""What an objective may see of the run: config, run folder, process layout, tokenizer."""
+"""The RunContext (pipeline/protocols.py) the engine hands to objectives: config, run folder,
+process layout and tokenizer, on top of the run's Accelerator."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 
 
 @dataclass
-class RunContext:
-    cfg: Any
+class EngineContext:
+    cfg: Any  # the run config (protocols.RunConfig); objectives read their own sections
     run_dir: Path
     accelerator: Accelerator
     tokenizer: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rank(self) -> int:
@@ -30,10 +32,10 @@ class RunContext:
         return self.accelerator.is_main_process
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
         return self.accelerator.device
 
-    def main_first(self):
+    def main_first(self) -> AbstractContextManager[Any]:
         """Main process does the work (and fills caches) while the others wait, then reuse it."""
         return self.accelerator.main_process_first()
 

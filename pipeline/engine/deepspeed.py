@@ -18,10 +18,15 @@ code path, one state in the checkpoint), so an `optimizer`/`scheduler` section i
 against the run config and then removed. With `offload_optimizer`, Accelerate swaps our torch
 AdamW for DeepSpeedCPUAdam (same AdamW update, same param groups and learning-rate dicts).
 
-Under DeepSpeed, `accelerator.backward` runs the whole optimizer step at the last micro batch:
-DeepSpeed clips to `gradient_clipping`, and skips the update by itself when the gradient norm
-is not finite (ZeRO 1/2/3, fp32 and bf16 alike), reporting an infinite norm; the loop reads
-that norm, so its non-finite skip then leaves the step counter and the scheduler alone too.
+`DeepSpeedStrategy` drives the DeepSpeed engine itself (not through `accelerator.backward`,
+which would step inside the last backward): `backward` sets the accumulation boundary and runs
+the engine's backward, `step` runs `engine.step()`, where DeepSpeed clips to
+`gradient_clipping` and refuses the update when the gradients are not finite (its overflow
+check: ZeRO 1/2/3, fp32 and bf16 with `check_grad_overflow`, the default). A step the guards
+skip (a non-finite loss value on any process, a loss spike) is decided before the last
+backward and discarded through that same machinery: the last backward runs on a NaN loss, so
+`engine.step()` takes its overflow path, which clears every gradient buffer of every ZeRO stage
+and leaves parameters and optimizer moments as they were.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.engine.setup import SetupError, launched_world_size, mixed_precision
+from pipeline.engine.launch import SetupError, launched_world_size, mixed_precision
+from pipeline.engine.strategy import Strategy
 
 log = logging.getLogger(__name__)
 
@@ -236,28 +242,12 @@ def config_path(cfg: Any) -> str:
     )
 
 
-def make_plugin(cfg: Any, accumulation: int):
-    """Accelerate's DeepSpeedPlugin for this run, its JSON filled and checked (before launch)."""
-    import warnings
-
-    from accelerate.utils import DeepSpeedPlugin
-
-    # ZeRO calls these torch APIs on every gather/reduce: a deprecation warning per call floods logs
-    for api in ("all_gather_into_tensor", "reduce_scatter_tensor"):
-        warnings.filterwarnings("ignore", message=f".*{api}.*", category=FutureWarning)
-    cfg.engine.deepspeed_config = config_path(cfg)
-    ds = resolve(load_json(cfg.engine.deepspeed_config), cfg, accumulation, launched_world_size())
-    # every process builds the full model on CPU and DeepSpeed partitions it at prepare; no
-    # zero.Init, so the export can build a plain copy on the main process alone
-    return DeepSpeedPlugin(hf_ds_config=ds, zero3_init_flag=False)
-
-
 # --------------------------------------------------------------------------- around prepare
 
 
-def fill_model_sizes(accelerator: Any, module: nn.Module) -> None:
-    """Replace the "auto" bucket sizes by Hugging Face's hidden-size recipe (before prepare)."""
-    zero = accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]
+def fill_model_sizes(zero: dict[str, Any], module: nn.Module) -> None:
+    """Replace the "auto" bucket sizes of a zero_optimization section by Hugging Face's
+    hidden-size recipe (before prepare)."""
     hidden = next(
         (
             m.config.hidden_size
@@ -298,21 +288,6 @@ def full_fp32_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def export_copy(objective: Any, accelerator: Any, module: nn.Module, ctx: Any) -> nn.Module | None:
-    """Collective. On the main process: a fresh, unsharded copy of the module holding the full
-    fp32 weights (ready for `objective.export`); None elsewhere."""
-    from pipeline.engine.elastic import load_full_state
-
-    state = full_fp32_state_dict(module)
-    if not ctx.is_main:
-        return None
-    plugin = accelerator.state.deepspeed_plugin
-    with plugin.zero3_init_context_manager(enable=False):
-        copy = objective.build_module(ctx)
-    load_full_state(copy, state, source="the DeepSpeed engine")
-    return copy
-
-
 def consolidated_state_dict(checkpoint_folder: str | Path) -> dict[str, torch.Tensor]:
     """Full fp32 weights from the ZeRO shards of one of our checkpoints (offline, one process,
     CPU), via DeepSpeed's zero_to_fp32. Tied parameters (BERT's decoder and word embeddings)
@@ -347,3 +322,95 @@ def without_aliases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def is_deepspeed_checkpoint(folder: str | Path) -> bool:
     return any(Path(folder).glob("*/*mp_rank_00_model_states.pt"))
+
+
+# --------------------------------------------------------------------------- the strategy
+
+
+class DeepSpeedStrategy(Strategy):
+    """ZeRO 1/2/3 (and offload) through Accelerate's DeepSpeed plugin; see the module docstring."""
+
+    name = "deepspeed"
+    slurm_template = "deepspeed"
+
+    def __init__(self, cfg: Any, accumulation: int):
+        super().__init__(cfg, accumulation)
+        import warnings
+
+        # ZeRO calls these torch APIs on every gather/reduce: a warning per call floods logs
+        for api in ("all_gather_into_tensor", "reduce_scatter_tensor"):
+            warnings.filterwarnings("ignore", message=f".*{api}.*", category=FutureWarning)
+        cfg.engine.deepspeed_config = config_path(cfg)
+        # checked now, before any data or model is built
+        self.ds_config = resolve(
+            load_json(cfg.engine.deepspeed_config), cfg, accumulation, launched_world_size()
+        )
+        self.stage = self.ds_config["zero_optimization"]["stage"]
+        self.engine: Any = None
+
+    @property
+    def shards_parameters(self) -> bool:  # type: ignore[override]
+        return self.stage == 3
+
+    def accelerator_kwargs(self, on_cpu: bool) -> dict[str, Any]:
+        from accelerate.utils import DeepSpeedPlugin
+
+        # every process builds the full model on CPU and DeepSpeed partitions it at prepare;
+        # no zero.Init, so the export can build a plain copy on the main process alone.
+        # cpu stays False: Accelerator(cpu=True) with DeepSpeed silently falls back to DDP
+        plugin = DeepSpeedPlugin(hf_ds_config=self.ds_config, zero3_init_flag=False)
+        return {"cpu": False, "deepspeed_plugin": plugin}
+
+    def before_prepare(self, accelerator: Any, module: nn.Module) -> None:
+        zero = accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]
+        fill_model_sizes(zero, module)  # "auto" bucket sizes follow the hidden size
+
+    def prepare(self, accelerator: Any, module: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
+        module, optimizer = super().prepare(accelerator, module, optimizer)
+        self.engine = module  # the DeepSpeedEngine
+        return module, optimizer
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        # DeepSpeed scales by 1/accumulation itself and reduces on the boundary
+        self.engine.set_gradient_accumulation_boundary(last)
+        self.engine.backward(loss)
+
+    def clip_grad_norm(self, module: nn.Module, max_norm: float) -> None:
+        return None  # DeepSpeed clips to gradient_clipping inside step
+
+    def step(self) -> bool:
+        self.engine.step()
+        return bool(getattr(self.engine, "_step_applied", True)) and not getattr(
+            self.engine.optimizer, "overflow", False
+        )
+
+    def grad_norm(self) -> float | None:
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def skip(self, pending_loss: torch.Tensor | None = None) -> None:
+        """Drop the step through DeepSpeed's overflow path (it clears ZeRO's reduced gradient
+        partitions, which no public call does): the pending last backward runs on a NaN loss
+        and `engine.step()` refuses the update. A dynamic fp16 loss scale would be halved by
+        that overflow: it is put back."""
+        if pending_loss is None:
+            raise RuntimeError("DeepSpeed skips are decided before the last backward")
+        scaler = getattr(self.engine.optimizer, "loss_scaler", None)
+        saved = dict(vars(scaler)) if scaler is not None else None
+        self.backward(pending_loss * float("nan"), last=True)
+        applied = self.step()
+        if applied:  # DeepSpeed took a NaN update: never silently
+            raise RuntimeError(
+                "DeepSpeed applied an update with NaN gradients (overflow check off?)"
+            )
+        if saved is not None:
+            vars(scaler).update(saved)
+
+    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        # ZeRO-3 parameters are shards, and bf16 ones are not the fp32 master: gather the master
+        return full_fp32_state_dict(module)
+
+    def build_unsharded(self, build: Any) -> nn.Module:
+        plugin = self.accelerator.state.deepspeed_plugin
+        with plugin.zero3_init_context_manager(enable=False):
+            return build()

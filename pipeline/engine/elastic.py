@@ -21,8 +21,9 @@ import json
 import logging
 from pathlib import Path
 
-import torch
 from torch import nn
+
+from pipeline.engine.checkpoint import CheckpointError, full_weights, load_full_state, load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +36,11 @@ def needs_weights_only(folder: Path | None, world: int) -> bool:
     return folder is not None and saved_world_size(folder) != world
 
 
-def full_state(folder: Path) -> dict[str, torch.Tensor]:
-    """Full fp32 weights of a checkpoint: Accelerate's model.safetensors, else ZeRO shards."""
-    weights = folder / "model.safetensors"
-    if weights.is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(weights))
-    from pipeline.engine.deepspeed import consolidated_state_dict
-
-    return consolidated_state_dict(folder)
-
-
 def load_weights(module: nn.Module, folder: Path, world: int, global_batch_set: bool) -> None:
     """Before accelerator.prepare: load the checkpoint's weights into the unwrapped module."""
     saved = saved_world_size(folder)
     check_rank_state(folder)
-    load_full_state(module, full_state(folder), source=str(folder))
+    load_full_state(module, full_weights(folder), source=str(folder))
     log.warning(
         "%s was written by %s processes, this run has %d: resuming weights, step and LR "
         "schedule; optimizer moments start afresh%s",
@@ -61,24 +50,8 @@ def load_weights(module: nn.Module, folder: Path, world: int, global_batch_set: 
     )  # fmt: skip
 
 
-def load_full_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """load_state_dict that takes tied parameters under either name (or both) and insists that
-    every parameter gets a value (named_parameters() lists a tied parameter once)."""
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    unset = [k for k, _ in module.named_parameters() if k in missing]
-    buffers = {k for k, _ in module.named_buffers()}
-    unexpected = [k for k in unexpected if k not in buffers]
-    if unset or unexpected:
-        raise RuntimeError(
-            f"weights from {source} do not fit the model: missing {unset[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
-
-
 def check_rank_state(folder: Path) -> None:
     """Refuse what cannot move to another process count (stream positions are per shard)."""
-    from pipeline.engine.checkpoint import CheckpointError, load_tensors
-
     rank0 = folder / "rank-0.pt"
     if rank0.is_file() and "stream" in load_tensors(rank0):
         raise CheckpointError(

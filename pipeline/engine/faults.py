@@ -1,7 +1,7 @@
 """Fault injection for tests of the recovery promises (kill -9 anywhere, crash mid-save, NaN).
 
 `PIPELINE_FAULT=POINT@STEP` injects a fault at POINT when the step counter is STEP; unset
-(always, outside tests) it costs one dictionary lookup. Several faults: `A@3,B@5`;
+(always, outside tests) `install()` returns no hook and the loop carries none. Several faults: `A@3,B@5`;
 `POINT@STEPxN` fires at most N times in a process (`nan_loss@3x1`: one bad attempt at step 3);
 `POINT@*` fires at every step.
 `PIPELINE_FAULT_RANK=K` limits the faults to process K (default: every process).
@@ -30,6 +30,8 @@ import signal
 import time
 from collections.abc import Callable
 from typing import Any
+
+from pipeline.engine.hooks import Hook
 
 KILL_POINTS = ("after_checkpoint", "mid_checkpoint", "after_step")
 POINTS = (
@@ -98,3 +100,31 @@ def corrupt_loss(loss: Any, step: int) -> Any:
     if active("spike_loss", step):
         return loss * 1000.0
     return loss
+
+
+class FaultHook(Hook):
+    """The fault points as loop hooks (see the module docstring for each point)."""
+
+    # checkpoint phase -> fault point
+    CHECKPOINT_POINTS = {
+        "files": "disk_full",
+        "before_manifest": "mid_checkpoint",
+        "complete": "after_checkpoint",
+    }
+
+    def on_loss(self, loss: Any, step: int) -> Any:
+        return corrupt_loss(loss, step)
+
+    def after_update(self, step: int) -> None:
+        maybe_fail("after_step", step)
+
+    def on_step_end(self, step: int, stop_requested: Callable[[], bool]) -> None:
+        hold(step, stop_requested)
+
+    def on_checkpoint(self, phase: str, step: int) -> None:
+        maybe_fail(self.CHECKPOINT_POINTS[phase], step)
+
+
+def install() -> FaultHook | None:
+    """The fault hook when PIPELINE_FAULT is set (tests), else None."""
+    return FaultHook() if os.environ.get("PIPELINE_FAULT") else None

@@ -3,16 +3,25 @@
 A step is *bad* when its loss or gradient norm is non-finite on any process, or (optional)
 when its loss is a spike: more than `zscore` standard deviations above the mean of the last
 `window` good losses. The decision is taken on all-reduced numbers, so every process skips
-the same step (parameters and optimizer state untouched) or every process stops. The spike
-window is part of the checkpoint, so a resumed run judges the next step exactly as an
-uninterrupted one would.
+the same step or every process stops, and it is taken before the strategy applies anything:
+on the losses before the last micro batch's backward, on the (already global) gradient norm
+before `strategy.step()`. A skipped step leaves parameters, optimizer state and scheduler
+untouched (engine/strategy.py says how each strategy drops it). The spike window is part of
+the checkpoint, so a resumed run judges the next step exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+import torch
+
+log = logging.getLogger("pipeline")
 
 
 class NonFiniteStop(RuntimeError):
@@ -84,3 +93,69 @@ class BadStepCounter:
             f"stopped after step {step}: {why}; the last good state is saved in "
             f"{run_dir}/checkpoints; lower optim.lr or check the data"
         )
+
+
+@dataclass
+class LossVerdict:
+    """The all-reduced view of one step's losses, the same on every process."""
+
+    mean_loss: float
+    nonfinite: bool
+    spike: bool
+    stop_requested: bool
+
+    @property
+    def skip(self) -> bool:
+        return self.nonfinite or self.spike
+
+
+class StepGuards:
+    """Non-finite and loss-spike guards of the loop; `bad()` says when to stop instead."""
+
+    def __init__(self, train_cfg: Any, is_main: bool = True) -> None:
+        self.counter = BadStepCounter(train_cfg.on_nonfinite, train_cfg.max_bad_steps)
+        self.spikes = LossSpikeDetector(train_cfg.loss_spike_window, train_cfg.loss_spike_zscore)
+        self.is_main = is_main
+
+    def judge_losses(
+        self,
+        losses: list[float],
+        stop_requested: bool,
+        reduce_sum: Callable[[torch.Tensor], torch.Tensor],
+        device: torch.device,
+        world_size: int,
+    ) -> LossVerdict:
+        """One all-reduce: any non-finite loss, any stop request, and the mean loss over
+        micro batches and processes (the same number everywhere)."""
+        total = 0.0
+        for value in losses:
+            total += value
+        finite = math.isfinite(total)
+        flags = torch.tensor(
+            [float(not finite), float(stop_requested), total / len(losses) if finite else 0.0],
+            device=device,
+        )
+        flags = reduce_sum(flags)
+        nonfinite = bool(flags[0] > 0)
+        mean_loss = float(flags[2]) / world_size
+        spike = not nonfinite and self.spikes.is_spike(mean_loss)
+        return LossVerdict(mean_loss, nonfinite, spike, bool(flags[1] > 0))
+
+    def bad(self, step: int, why: str, nonfinite: bool) -> bool:
+        """Record a skipped step (warned once, by the main process); True: stop the run."""
+        if self.is_main:
+            log.warning("step %d: %s, step skipped", step, why)
+        return self.counter.bad(nonfinite)
+
+    def good(self, mean_loss: float) -> None:
+        self.counter.good()
+        self.spikes.update(mean_loss)
+
+    def stop_message(self, step: int, run_dir: Any) -> str:
+        return self.counter.stop_message(step, run_dir)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.spikes.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        self.spikes.load_state_dict(state)

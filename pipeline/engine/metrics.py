@@ -6,6 +6,8 @@ import json
 import math
 import resource
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +41,22 @@ def peak_flops(device: torch.device, configured: float | None) -> float | None:
     return None
 
 
-def transformer_flops_per_token(n_params: int, layers: int, hidden: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x parameters (forward + backward matmuls) plus attention's
-    score and value products, 12 x layers x hidden x sequence (PaLM, appendix B)."""
-    return 6.0 * n_params + 12.0 * layers * hidden * seq_len
-
-
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+
+
+def peak_memory_by_rank(accelerator: Any) -> dict[str, Any]:
+    """Collective. {"peak_mem_mb_max": largest process, "peak_mem_mb_ranks": [rank 0, 1, ...]}.
+
+    ZeRO's point is per-process memory. GPU: `torch.cuda.max_memory_allocated` (tensors only).
+    CPU: the process's peak resident set (ru_maxrss), which also counts the interpreter and
+    libraries (~0.5-1 GB of baseline)."""
+    mine = torch.tensor([peak_memory_mb(accelerator.device)], device=accelerator.device)
+    ranks = [round(r, 1) for r in accelerator.gather(mine).flatten().tolist()]
+    return {"peak_mem_mb_max": max(ranks), "peak_mem_mb_ranks": ranks}
 
 
 class MetricsLog:
@@ -128,3 +135,45 @@ def write_run_info(run_dir: Path, accelerator: Any, accumulation: int) -> None:
         },
     }
     (run_dir / "run_info.json").write_text(json.dumps(info, indent=1))
+
+
+class TrainLog:
+    """The train metric lines: averages of the applied steps' micro-batch metrics since the last
+    line, with learning rate, gradient norm, tokens/s, step time, peak memory and MFU."""
+
+    def __init__(
+        self,
+        metrics_log: MetricsLog,
+        accelerator: Any,
+        summarize: Callable[[dict[str, float]], dict[str, float]],
+        tokens_per_step: int,
+        flops_per_step: float,
+        peak: float | None,
+    ) -> None:
+        self.out, self.accelerator, self.summarize = metrics_log, accelerator, summarize
+        self.tokens_per_step, self.flops_per_step, self.peak = tokens_per_step, flops_per_step, peak
+        self.avg = Averager()
+        self.steps = 0
+        self.t_last = time.time()
+
+    def add(self, micro_metrics: list[dict[str, torch.Tensor]]) -> None:
+        for m in micro_metrics:
+            self.avg.add(m)
+        self.steps += 1
+
+    def write(self, step: int, lr: float, grad_norm: float | None, tokens: int) -> dict[str, Any]:
+        """Collective (reduces over processes). Returns the line."""
+        now = time.time()
+        m = self.summarize(self.avg.reduce(self.accelerator))
+        dt = max(now - self.t_last, 1e-9)
+        m.update(lr=lr, grad_norm=grad_norm, tokens=tokens,
+                 tokens_per_s=self.tokens_per_step * self.steps / dt,
+                 step_time_s=dt / self.steps,
+                 peak_mem_mb=peak_memory_mb(self.accelerator.device))  # fmt: skip
+        m.update(peak_memory_by_rank(self.accelerator))  # collective: max and per process
+        if self.peak and self.flops_per_step:
+            world = self.accelerator.num_processes
+            m["mfu"] = self.flops_per_step * self.steps / dt / (self.peak * world)
+        self.out.write(step, "train", m)
+        self.t_last, self.steps = time.time(), 0
+        return m

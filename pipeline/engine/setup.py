@@ -10,36 +10,23 @@ import importlib.util
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+from torch import nn
 
 from pipeline import config as config_lib
-
-
-class SetupError(ValueError):
-    pass
-
-
-def launched_world_size() -> int:
-    """Processes this job was launched with (accelerate launch, torchrun and SLURM set it)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def accumulation_steps(train_cfg: Any, world: int) -> int:
-    micro = train_cfg.micro_batch_size
-    if train_cfg.global_batch_size is None:
-        return 1
-    per_step = micro * world
-    if train_cfg.global_batch_size % per_step:
-        raise SetupError(
-            f"train.global_batch_size={train_cfg.global_batch_size} is not divisible by "
-            f"train.micro_batch_size x processes = {micro} x {world} = {per_step}"
-        )
-    return train_cfg.global_batch_size // per_step
+from pipeline.engine.launch import (  # noqa: F401  (SetupError & co. are imported from here too)
+    SetupError,
+    accumulation_steps,
+    launched_world_size,
+    mixed_precision,
+)
+from pipeline.engine.strategy import Strategy
+from pipeline.protocols import RunConfig
+from pipeline.train_config import EngineConfig, OptimConfig
 
 
 def prepare_run_dir(run_dir: Path) -> None:
@@ -78,20 +65,14 @@ def check_resume_compatible(run_dir: Path, resolved: dict) -> None:
         )
 
 
-def mixed_precision(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
-
-
 def available_trackers(names: list[str]) -> list[str]:
     modules = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
     return [n for n in names if importlib.util.find_spec(modules.get(n, n)) is not None]
 
 
-def make_accelerator(cfg: Any, run_dir: Path, accumulation: int) -> Accelerator:
+def make_accelerator(
+    cfg: RunConfig, run_dir: Path, accumulation: int, strategy: Strategy
+) -> Accelerator:
     on_cpu = not torch.cuda.is_available()
     if cfg.engine.cuda_graphs and on_cpu:
         raise SetupError(
@@ -102,27 +83,13 @@ def make_accelerator(cfg: Any, run_dir: Path, accumulation: int) -> Accelerator:
     if on_cpu and launched_world_size() > 1:
         # DeepSpeed on CPU needs gloo named explicitly (else a batch-size mismatch error)
         handlers.append(InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=30)))
-    plugin = None
-    if cfg.engine.strategy == "deepspeed":
-        from pipeline.engine.deepspeed import make_plugin
-
-        plugin = make_plugin(cfg, accumulation)
-    elif os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        # else Accelerate would build its own DeepSpeed setup from the environment
-        raise SetupError(
-            "launched with an accelerate DeepSpeed config but engine.strategy=ddp; add "
-            "engine.strategy=deepspeed (the DeepSpeed JSON then comes from the accelerate config)"
-        )
     accelerator = Accelerator(
-        # on CPU, Accelerate runs ONE process unless told cpu=True; but cpu=True with
-        # DeepSpeed silently falls back to DDP, so DeepSpeed keeps cpu=False
-        cpu=on_cpu and cfg.engine.strategy != "deepspeed",
         mixed_precision=mixed_precision(cfg.engine.mixed_precision),
         gradient_accumulation_steps=accumulation,
         log_with=available_trackers(cfg.log.trackers) or None,
         project_config=ProjectConfiguration(str(run_dir), logging_dir=str(run_dir / "logs")),
         kwargs_handlers=handlers,
-        deepspeed_plugin=plugin,
+        **strategy.accelerator_kwargs(on_cpu),
     )
     if accelerator.num_processes != launched_world_size():
         raise SetupError(
@@ -132,7 +99,9 @@ def make_accelerator(cfg: Any, run_dir: Path, accumulation: int) -> Accelerator:
     return accelerator
 
 
-def build_optimizer(module: torch.nn.Module, optim_cfg: Any, device: torch.device):
+def build_optimizer(
+    module: nn.Module, optim_cfg: OptimConfig, device: torch.device
+) -> torch.optim.AdamW:
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:
@@ -156,7 +125,7 @@ def build_optimizer(module: torch.nn.Module, optim_cfg: Any, device: torch.devic
     )
 
 
-def compile_module(module: torch.nn.Module, engine_cfg: Any) -> torch.nn.Module:
+def compile_module(module: nn.Module, engine_cfg: EngineConfig) -> nn.Module:
     """torch.compile of the training module (model and loss); with engine.cuda_graphs, mode
     "reduce-overhead" replays the step as CUDA graphs (shapes are static: collate pads the
     masked positions to a fixed count). A graph's outputs live in memory the next replay
@@ -171,7 +140,9 @@ def compile_module(module: torch.nn.Module, engine_cfg: Any) -> torch.nn.Module:
     return compiled
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Any, max_steps: int):
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, optim_cfg: OptimConfig, max_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     from transformers import get_scheduler
 
     warmup = optim_cfg.warmup_steps or int(max_steps * optim_cfg.warmup_ratio)

@@ -1,293 +1,347 @@
-"""The training loop. One loop for every objective, under DDP or DeepSpeed; read top to bottom."""
+"""The training loop: one loop for every objective, under DDP or DeepSpeed; read top to bottom.
+
+    trainer = Trainer(cfg)                # checks, run folder, data, model, optimizer, resume
+    metrics = trainer.fit()               # steps until a limit, final checkpoint and evaluation
+    module = trainer.unsharded_module()   # collective: the full weights (for an export)
+    trainer.close()
+
+`train(cfg)` is the first, second and last. Exporting, plotting and publishing are the caller's
+(pipeline/workflow.py): the engine imports nothing above it. The loop's parts are components
+with small interfaces: the strategy (engine/strategy.py: DDP or DeepSpeed), the guards
+(engine/guards.py), the hooks (engine/hooks.py: fault injection in tests), the data position
+(engine/batches.py), the checkpoint (engine/checkpoint.py) and the metric lines (engine/metrics.py).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from pipeline import config as config_lib
 from pipeline import registry
-from pipeline.engine import checkpoint, elastic, faults, guards, setup
+from pipeline.engine import checkpoint, elastic, faults, setup
 from pipeline.engine.batches import StepBatches, StreamBatches, eval_batches, micro_batches
-from pipeline.engine.context import RunContext
-from pipeline.engine.memory import peak_memory_by_rank
-from pipeline.engine.metrics import (
-    Averager,
-    MetricsLog,
-    peak_flops,
-    peak_memory_mb,
-    write_run_info,
-)
+from pipeline.engine.context import EngineContext
+from pipeline.engine.guards import LossVerdict, NonFiniteStop, StepGuards
+from pipeline.engine.hooks import Hooks
+from pipeline.engine.launch import SetupError, accumulation_steps, launched_world_size
+from pipeline.engine.metrics import Averager, MetricsLog, TrainLog, peak_flops, write_run_info
 from pipeline.engine.signals import PREEMPTED, StopFlag
+from pipeline.engine.state import TrainState
+from pipeline.engine.strategy import make_strategy
+from pipeline.protocols import Objective, RunConfig
 
 log = logging.getLogger("pipeline")
 
 
-def train(cfg: Any) -> dict[str, float]:
-    """Train `cfg` (a RunConfig) to its end; return the final eval (or train) metrics."""
-    run_dir = Path(cfg.output_dir)
-    resolved = config_lib.redact(config_lib.to_dict(cfg))
+@dataclass
+class StepResult:
+    applied: bool
+    stop: str | None = None  # "nonfinite": too many bad steps in a row
+    verdict: LossVerdict | None = None
+    grad_norm: float | None = None
+    metrics: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
-    # ---- cheap checks first: nothing is tokenized or built before they pass
-    world = setup.launched_world_size()
-    accum = setup.accumulation_steps(cfg.train, world)
-    if cfg.train.push_to_hub:  # token, repo name, online: fail now, not after training
-        from pipeline.hub import check_can_publish
 
-        check_can_publish(cfg.train.push_to_hub, export=cfg.train.export)
-    setup.prepare_run_dir(run_dir)
-    if cfg.train.resume != "never":
-        setup.check_resume_compatible(run_dir, resolved)
-    resume_from = checkpoint.latest_valid(run_dir) if cfg.train.resume != "never" else None
-    if cfg.train.resume == "required" and resume_from is None:
-        raise setup.SetupError(
-            f"train.resume=required but {run_dir}/checkpoints has no valid checkpoint"
-        )
+class Trainer:
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg, self.run_dir = cfg, Path(cfg.output_dir)
+        resolved = config_lib.redact(config_lib.to_dict(cfg))
 
-    accelerator = setup.make_accelerator(cfg, run_dir, accum)
-    ctx = RunContext(cfg=cfg, run_dir=run_dir, accelerator=accelerator)
-    if ctx.is_main:
-        config_lib.dump_yaml(cfg, run_dir / "config.yaml")
-        if accelerator.trackers is not None and cfg.log.trackers:
-            accelerator.init_trackers("pipeline", config=config_lib.flatten(resolved))
-        write_run_info(run_dir, accelerator, accum)
-    stop = StopFlag().install()
+        # ---- cheap checks first: nothing is tokenized or built before they pass
+        self.accum = accumulation_steps(cfg.train, launched_world_size())
+        self.strategy = make_strategy(cfg, self.accum)
+        setup.prepare_run_dir(self.run_dir)
+        resume_from = self._resume_point(resolved)
+        self.accelerator = setup.make_accelerator(cfg, self.run_dir, self.accum, self.strategy)
+        self.ctx = EngineContext(cfg=cfg, run_dir=self.run_dir, accelerator=self.accelerator)
+        if self.ctx.is_main:
+            config_lib.dump_yaml(cfg, self.run_dir / "config.yaml")
+            if self.accelerator.trackers is not None and cfg.log.trackers:
+                self.accelerator.init_trackers("pipeline", config=config_lib.flatten(resolved))
+            write_run_info(self.run_dir, self.accelerator, self.accum)
+        self.stop = StopFlag().install()
+        self.hooks = Hooks([faults.install()])  # empty outside fault-injection tests
 
-    # ---- data, model, optimizer (seeded identically on every process)
-    torch.manual_seed(cfg.train.seed)
-    objective = registry.get("objective", cfg.objective.name)(cfg.objective)
-    data = objective.build_data(ctx)
-    torch.manual_seed(cfg.train.seed)
-    module = objective.build_module(ctx)
-    if elastic.needs_weights_only(resume_from, ctx.world_size):
-        # another process count: full weights now, before sharding; fresh optimizer (elastic.py)
-        elastic.load_weights(module, resume_from, ctx.world_size, bool(cfg.train.global_batch_size))
-    if cfg.engine.strategy == "deepspeed":
-        from pipeline.engine.deepspeed import fill_model_sizes
+        # ---- data, model, optimizer (seeded identically on every process)
+        torch.manual_seed(cfg.train.seed)
+        self.objective: Objective = registry.get("objective", cfg.objective.name)(cfg.objective)
+        self.data = self.objective.build_data(self.ctx)
+        torch.manual_seed(cfg.train.seed)
+        module = self.objective.build_module(self.ctx)
+        if elastic.needs_weights_only(resume_from, self.ctx.world_size):
+            # another process count: full weights now, before sharding; fresh optimizer (elastic.py)
+            elastic.load_weights(module, resume_from, self.ctx.world_size,
+                                 bool(cfg.train.global_batch_size))  # fmt: skip
+        self.strategy.before_prepare(self.accelerator, module)
+        # counted before prepare: ZeRO-3 leaves empty parameter shards behind
+        flops_per_example = self.objective.flops_per_example(module)
+        optimizer = setup.build_optimizer(module, cfg.optim, self.accelerator.device)
+        # stepped by us once per applied update (Accelerate's wrapper would step it once per
+        # process) and saved in trainer_state
+        self.scheduler = setup.build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+        self.module, self.optimizer = self.strategy.prepare(self.accelerator, module, optimizer)
+        if cfg.engine.compile:
+            self.module = setup.compile_module(self.module, cfg.engine)
 
-        fill_model_sizes(accelerator, module)  # "auto" bucket sizes follow the hidden size
-    # counted before prepare: ZeRO-3 leaves empty parameter shards behind
-    flops_per_example = objective.flops_per_example(module)
-    optimizer = setup.build_optimizer(module, cfg.optim, accelerator.device)
-    scheduler = setup.build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
-    # the scheduler is stepped by us once per optimizer step (Accelerate's wrapper would step
-    # it once per process), and saved in trainer_state
-    module, optimizer = accelerator.prepare(module, optimizer)
-    if cfg.engine.compile:
-        module = setup.compile_module(module, cfg.engine)
+        # ---- resume: counters, scheduler, guards, RNGs, objective and stream state
+        self.state, self.guards = TrainState(), StepGuards(cfg.train, self.ctx.is_main)
+        stream_state = self._restore(resume_from) if resume_from is not None else None
+        self.batch_iter = self._batches(stream_state)
 
-    # ---- resume
-    start_step, tokens_seen, elapsed_before, stream_state = 0, 0, 0.0, None
-    spikes = guards.LossSpikeDetector(cfg.train.loss_spike_window, cfg.train.loss_spike_zscore)
-    if resume_from is not None:
-        state, rank_state = checkpoint.load(accelerator, resume_from)
-        start_step, tokens_seen = state["step"], state["tokens"]
-        spikes.load_state_dict(state.get("loss_spike"))
-        elapsed_before = state.get("elapsed_s", 0.0)
-        scheduler.load_state_dict(state["scheduler"])
-        objective.load_state_dict(rank_state.get("objective", {}))
-        stream_state = rank_state.get("stream")
-        if ctx.is_main:
-            log.info("resumed from %s at step %d", resume_from, start_step)
-
-    micro = cfg.train.micro_batch_size
-    if cfg.data.streaming:
-        batches = StreamBatches(
-            data.train, objective.collate, seed=cfg.train.seed, micro_batch=micro, rank=ctx.rank
-        )
-        if stream_state is not None:
-            batches.load_state_dict(stream_state)
-        batch_iter = iter(batches)
-    else:
-        batches = StepBatches(
-            data.train, objective.collate, seed=cfg.train.seed, micro_batch=micro,
-            accumulation=accum, rank=ctx.rank, world=ctx.world_size,
+        examples_per_step = cfg.train.micro_batch_size * self.accum * self.ctx.world_size
+        self.tokens_per_step = examples_per_step * self.data.tokens_per_example
+        self.metrics_log = MetricsLog(self.run_dir, self.accelerator, enabled=self.ctx.is_main)
+        self.train_log = TrainLog(
+            self.metrics_log, self.accelerator, self.objective.summarize, self.tokens_per_step,
+            flops_per_example * examples_per_step,
+            peak_flops(self.accelerator.device, cfg.engine.peak_flops),
         )  # fmt: skip
-        pin = cfg.data.pin_memory and accelerator.device.type == "cuda"
-        batch_iter = micro_batches(batches, start_step, cfg.data.num_workers, pin_memory=pin)
-    tokens_per_step = micro * accum * ctx.world_size * data.tokens_per_example
-    flops_per_step = flops_per_example * micro * accum * ctx.world_size
-    peak = peak_flops(accelerator.device, cfg.engine.peak_flops)
-    metrics_log = MetricsLog(run_dir, accelerator, enabled=ctx.is_main)
+        self.last_eval: dict[str, float] = {}
+        self._saved_at = -1  # a stop right after a checkpoint must not write (and replace) it again
+        self._closed = False
 
-    saved_at = [-1]  # a stop right after a checkpoint must not write (and replace) it again
+    # ------------------------------------------------------------------ the loop
 
-    def save_checkpoint(step: int) -> None:
-        if saved_at[0] == step:
-            return
-        saved_at[0] = step
-        trainer_state = {
-            "step": step, "tokens": tokens_seen, "world_size": ctx.world_size,
-            "elapsed_s": elapsed_before + time.time() - t_start, "scheduler": scheduler.state_dict(),
-            "loss_spike": spikes.state_dict(),
-        }  # fmt: skip
-        rank_state = {"objective": objective.state_dict()}
-        if cfg.data.streaming:
-            rank_state["stream"] = batches.state_dict()
-        checkpoint.save(
-            accelerator, run_dir, step, trainer_state, rank_state, cfg.train.keep_checkpoints
-        )
+    def fit(self) -> dict[str, float]:
+        """Train until the first limit: steps, tokens, time, a stop signal or too many bad steps.
+        Ends with a checkpoint and an evaluation; returns the final eval (or train) metrics."""
+        cfg, s = self.cfg.train, self.state
+        self.module.train()
+        bar = tqdm(total=cfg.max_steps, initial=s.step, desc="train", dynamic_ncols=True,
+                   disable=not (self.ctx.is_main and self.cfg.log.progress_bar), file=sys.stderr)  # fmt: skip
+        self.t_start = self.train_log.t_last = time.time()
+        reason = None
+        while s.step < cfg.max_steps:
+            result = self.train_step()
+            if result.stop:
+                reason = result.stop
+                break
+            if not result.applied:
+                continue  # a skipped step consumed its batch; the counters stay
+            self.guards.good(result.verdict.mean_loss)
+            self.train_log.add(result.metrics)
+            s.step += 1
+            s.tokens += self.tokens_per_step
+            self.hooks.after_update(s.step)
+            bar.update(1)
+            if s.step % cfg.log_every == 0 or s.step == cfg.max_steps:
+                lr = self.scheduler.get_last_lr()[0]
+                m = self.train_log.write(s.step, lr, result.grad_norm, s.tokens)
+                bar.set_postfix(loss=f"{m.get('loss', float('nan')):.3f}",
+                                tok_s=f"{m['tokens_per_s']:.0f}")  # fmt: skip
+            self.hooks.on_step_end(s.step, lambda: self.stop.requested)
+            # the last step's evaluation and checkpoint come after the loop, once
+            if cfg.eval_every and s.step % cfg.eval_every == 0 and s.step < cfg.max_steps:
+                self.evaluate()
+            if s.step % cfg.checkpoint_every == 0 and s.step < cfg.max_steps:
+                self.save_checkpoint()
+            reason = self._limit_reached(result.verdict)
+            if reason:
+                break
+        bar.close()
+        return self._finish(reason)
 
-    def evaluate(step: int) -> dict[str, float]:
-        if data.eval is None:
+    def train_step(self) -> StepResult:
+        """One optimizer step: forward and backward over this step's micro batches, then take or
+        skip it. Every decision is taken on numbers that are the same on every process, before
+        the strategy applies anything (guards.py)."""
+        losses, metrics = [], []
+        for j in range(self.accum):
+            last = j == self.accum - 1
+            batch = _to(next(self.batch_iter), self.accelerator.device)
+            with self.strategy.accumulating(self.module, last), self.accelerator.autocast():
+                loss, m = self.module(**batch)
+                loss = self.hooks.on_loss(loss, self.state.step + 1)
+                losses.append(loss.item())
+                metrics.append(m)
+                if last:
+                    self.state.batches += 1  # consumed, whatever the verdict
+                    verdict = self.guards.judge_losses(
+                        losses, self.stop.requested, self._reduce_sum, self.accelerator.device,
+                        self.ctx.world_size,
+                    )  # fmt: skip
+                    if verdict.skip:
+                        self.strategy.skip(pending_loss=loss)
+                        why = (
+                            "non-finite loss"
+                            if verdict.nonfinite
+                            else f"loss spike {verdict.mean_loss:.4g}"
+                        )
+                        return self._skipped(why, verdict.nonfinite)
+                self.strategy.backward(loss, last)
+        norm = self.strategy.clip_grad_norm(self.module, self.cfg.optim.max_grad_norm)
+        if norm is not None and not math.isfinite(norm):  # the global norm: same everywhere
+            self.strategy.skip()
+            return self._skipped("non-finite gradient", nonfinite=True)
+        if not self.strategy.step():  # the strategy's own check refused it (DeepSpeed overflow)
+            return self._skipped("non-finite gradient (DeepSpeed overflow)", nonfinite=True)
+        self.scheduler.step()
+        norm = norm if norm is not None else self.strategy.grad_norm()
+        return StepResult(True, verdict=verdict, grad_norm=norm, metrics=metrics)
+
+    def _skipped(self, why: str, nonfinite: bool) -> StepResult:
+        stop = self.guards.bad(self.state.step + 1, why, nonfinite)
+        return StepResult(False, stop="nonfinite" if stop else None)
+
+    def _limit_reached(self, verdict: LossVerdict) -> str | None:
+        cfg = self.cfg.train
+        if verdict.stop_requested:
+            return "signal"
+        if cfg.max_tokens and self.state.tokens >= cfg.max_tokens:
+            return "max_tokens"
+        if cfg.max_time_s and self.elapsed() >= cfg.max_time_s:
+            return "max_time"
+        return None
+
+    def _finish(self, reason: str | None) -> dict[str, float]:
+        self.save_checkpoint()
+        if reason == "nonfinite":
+            raise NonFiniteStop(self.guards.stop_message(self.state.step, self.run_dir))
+        if reason == "signal":
+            if self.ctx.is_main:
+                log.warning("stopped by %s at step %d; checkpoint saved, exit %d asks for a requeue",
+                            self.stop.signal_name or "another process", self.state.step,
+                            PREEMPTED)  # fmt: skip
+            self.close()
+            raise SystemExit(PREEMPTED)
+        return self.evaluate()  # in-loop evaluations never run at the last step
+
+    # ------------------------------------------------------------------ components
+
+    def evaluate(self) -> dict[str, float]:
+        if self.data.eval is None:
             return {}
-        module.eval()
+        cfg = self.cfg.train
+        self.module.eval()
         avg = Averager()
         with torch.no_grad():
-            for batch in eval_batches(
-                data.eval, objective.collate, micro, ctx.rank, ctx.world_size, cfg.train.seed
-            ):
-                with accelerator.autocast():
-                    _, m = module(**_to(batch, accelerator.device))
+            for batch in eval_batches(self.data.eval, self.objective.collate,
+                                      cfg.micro_batch_size, self.ctx.rank, self.ctx.world_size,
+                                      cfg.seed):  # fmt: skip
+                with self.accelerator.autocast():
+                    _, m = self.module(**_to(batch, self.accelerator.device))
                 avg.add(m)
-        module.train()
-        result = objective.summarize(avg.reduce(accelerator))
-        objective.plots(accelerator.unwrap_model(module), ctx, step)
-        metrics_log.write(step, "eval", result)
+        self.module.train()
+        result = self.objective.summarize(avg.reduce(self.accelerator))
+        self.objective.plots(self.accelerator.unwrap_model(self.module), self.ctx, self.state.step)
+        self.metrics_log.write(self.state.step, "eval", result)
+        self.last_eval = result
         return result
 
-    # ---- the loop
-    module.train()
-    step = start_step
-    train_avg, last_eval = Averager(), {}
-    bad_steps = guards.BadStepCounter(cfg.train.on_nonfinite, cfg.train.max_bad_steps)
-    stop_reason = None
-    bar = tqdm(
-        total=cfg.train.max_steps, initial=start_step, disable=not (ctx.is_main and cfg.log.progress_bar),
-        desc="train", dynamic_ncols=True, file=sys.stderr,
-    )  # fmt: skip
-    t_start = t_log = time.time()
-    steps_since_log = 0
-    while step < cfg.train.max_steps:
-        step_metrics, finite, loss_sum = [], True, 0.0
-        for j in range(accum):
-            batch = _to(next(batch_iter), accelerator.device)
-            # gradients are all-reduced only on the last micro batch of a step
-            sync = contextlib.nullcontext() if j == accum - 1 else accelerator.no_sync(module)
-            # DeepSpeed reduces and steps inside backward when this is True: last micro batch only
-            accelerator.sync_gradients = j == accum - 1
-            with sync, accelerator.autocast():
-                loss, metrics = module(**batch)
-                loss = faults.corrupt_loss(loss, step + 1)  # tests only (PIPELINE_FAULT)
-                accelerator.backward(loss)  # Accelerate divides by the accumulation steps
-            loss_sum += loss.item()
-            finite = finite and math.isfinite(loss_sum)
-            step_metrics.append(metrics)
-        grad_norm = _clip(accelerator, module, cfg.optim.max_grad_norm)
+    def save_checkpoint(self) -> None:
+        """Collective. Checkpoint the current step (once)."""
+        s = self.state
+        if self._saved_at == s.step:
+            return
+        self._saved_at = s.step
+        trainer_state = {
+            **s.state_dict(), "elapsed_s": self.elapsed(), "world_size": self.ctx.world_size,
+            "scheduler": self.scheduler.state_dict(), "loss_spike": self.guards.state_dict(),
+        }  # fmt: skip
+        rank_state = {"objective": self.objective.state_dict()}
+        if isinstance(self.batch_iter, StreamBatches):
+            rank_state["stream"] = self.batch_iter.state_dict()
+        checkpoint.save(self.accelerator, self.run_dir, s.step, trainer_state, rank_state,
+                        self.cfg.train.keep_checkpoints, on_phase=self.hooks.on_checkpoint)  # fmt: skip
 
-        # every process agrees on skipping a non-finite step and on stopping for a signal
-        flags = torch.tensor(
-            [float(not (finite and math.isfinite(grad_norm))), float(stop.requested),
-             loss_sum / accum if finite else 0.0],
-            device=accelerator.device,
-        )  # fmt: skip
-        flags = accelerator.reduce(flags, reduction="sum")
-        nonfinite = bool(flags[0] > 0)
-        mean_loss = float(flags[2]) / ctx.world_size  # the same number on every process
-        if nonfinite or spikes.is_spike(mean_loss):
-            optimizer.zero_grad(set_to_none=True)  # parameters and optimizer state unchanged
-            if ctx.is_main:
-                why = "non-finite loss or gradient" if nonfinite else f"loss spike {mean_loss:.4g}"
-                log.warning("step %d: %s, step skipped", step + 1, why)
-            if bad_steps.bad(nonfinite):
-                stop_reason = "nonfinite"
-                break
-            continue
-        bad_steps.good()
-        spikes.update(mean_loss)
-        for m in step_metrics:
-            train_avg.add(m)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        faults.maybe_fail("after_step", step)
-        steps_since_log += 1
-        tokens_seen += tokens_per_step
-        bar.update(1)
+    def elapsed(self) -> float:
+        """Training seconds of this run folder so far (earlier runs included)."""
+        since = getattr(self, "t_start", None)
+        return self.state.elapsed_s + (time.time() - since if since else 0.0)
 
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            now = time.time()
-            m = objective.summarize(train_avg.reduce(accelerator))
-            dt = max(now - t_log, 1e-9)
-            m.update(lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=tokens_seen,
-                     tokens_per_s=tokens_per_step * steps_since_log / dt,
-                     step_time_s=dt / steps_since_log, peak_mem_mb=peak_memory_mb(accelerator.device))  # fmt: skip
-            m.update(peak_memory_by_rank(accelerator))  # collective: max and per process
-            if peak and flops_per_step:
-                m["mfu"] = flops_per_step * steps_since_log / dt / (peak * ctx.world_size)
-            metrics_log.write(step, "train", m)
-            bar.set_postfix(
-                loss=f"{m.get('loss', float('nan')):.3f}", tok_s=f"{m['tokens_per_s']:.0f}"
+    def unsharded_module(self) -> nn.Module | None:
+        """Collective. On the main process a module holding the full fp32 weights, built as the
+        objective builds it (what its `export` expects); None elsewhere."""
+        state = self.strategy.full_state_dict(self.module)
+        if not self.ctx.is_main:
+            return None
+        if state is None:  # every process holds the full weights (DDP)
+            return self.accelerator.unwrap_model(self.module)
+        copy = self.strategy.build_unsharded(lambda: self.objective.build_module(self.ctx))
+        checkpoint.load_full_state(copy, state, source=f"the {self.strategy.name} engine")
+        return copy
+
+    def close(self) -> None:
+        """Collective. Tear down (DeepSpeed's engine before its process group) and put the
+        signal handlers back."""
+        if self._closed:
+            return
+        self._closed = True
+        self.accelerator.wait_for_everyone()
+        self.strategy.teardown()
+        self.accelerator.end_training()
+        self.stop.restore()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, kind: Any, err: Any, tb: Any) -> None:
+        if kind is None:
+            self.close()
+        else:  # another process may never reach a barrier: only put the handlers back
+            self.stop.restore()
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _resume_point(self, resolved: dict) -> Path | None:
+        policy = self.cfg.train.resume
+        if policy == "never":
+            return None
+        setup.check_resume_compatible(self.run_dir, resolved)
+        found = checkpoint.latest_valid(self.run_dir)
+        if policy == "required" and found is None:
+            raise SetupError(
+                f"train.resume=required but {self.run_dir}/checkpoints has no valid checkpoint"
             )
-            t_log, steps_since_log = time.time(), 0
-        faults.hold(step, lambda: stop.requested)  # tests only: wait here for a signal
-        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.max_steps:
-            last_eval = evaluate(step)
-        if step % cfg.train.checkpoint_every == 0 and step < cfg.train.max_steps:
-            save_checkpoint(step)
-        if flags[1] > 0:
-            stop_reason = "signal"
-            break
-        if cfg.train.max_tokens and tokens_seen >= cfg.train.max_tokens:
-            stop_reason = "max_tokens"
-            break
-        if cfg.train.max_time_s and elapsed_before + time.time() - t_start >= cfg.train.max_time_s:
-            stop_reason = "max_time"
-            break
-    bar.close()
+        return found
 
-    # ---- the end: checkpoint, evaluate, export, plots
-    save_checkpoint(step)
-    if stop_reason == "nonfinite":
-        raise guards.NonFiniteStop(bad_steps.stop_message(step, run_dir))
-    if stop_reason == "signal":
-        if ctx.is_main:
-            log.warning("stopped by %s at step %d; checkpoint saved, exit %d asks for a requeue",
-                        stop.signal_name or "another process", step, PREEMPTED)  # fmt: skip
-        accelerator.free_memory()  # DeepSpeed: tear the engine down before its process group
-        accelerator.end_training()
-        raise SystemExit(PREEMPTED)
-    last_eval = evaluate(step)  # in-loop evaluations never run at the last step
-    if cfg.train.export:
-        from pipeline.export import export_module
+    def _restore(self, folder: Path) -> Any:
+        """Load a checkpoint into the prepared objects; return this process's stream position."""
+        saved, rank_state = checkpoint.load(self.accelerator, folder)
+        self.state.load_state_dict(saved)
+        self.guards.load_state_dict(saved.get("loss_spike"))
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.objective.load_state_dict(rank_state.get("objective", {}))
+        if self.ctx.is_main:
+            log.info("resumed from %s at step %d", folder, self.state.step)
+        return rank_state.get("stream")
 
-        export_module(objective, accelerator, module, ctx)
-    if ctx.is_main and cfg.log.plots:
-        from pipeline.engine.plots import training_curves
+    def _batches(self, stream_state: Any) -> Any:
+        cfg, micro = self.cfg, self.cfg.train.micro_batch_size
+        if cfg.data.streaming:
+            batches = StreamBatches(self.data.train, self.objective.collate, seed=cfg.train.seed,
+                                    micro_batch=micro, rank=self.ctx.rank)  # fmt: skip
+            if stream_state is not None:
+                batches.load_state_dict(stream_state)
+            return batches
+        batches = StepBatches(
+            self.data.train, self.objective.collate, seed=cfg.train.seed, micro_batch=micro,
+            accumulation=self.accum, rank=self.ctx.rank, world=self.ctx.world_size,
+        )  # fmt: skip
+        pin = cfg.data.pin_memory and self.accelerator.device.type == "cuda"
+        return micro_batches(batches, self.state.batches, cfg.data.num_workers, pin_memory=pin)
 
-        training_curves(run_dir)
-    accelerator.wait_for_everyone()
-    accelerator.free_memory()  # DeepSpeed: tear the engine down before its process group
-    accelerator.end_training()
-    stop.restore()
-    if cfg.train.push_to_hub and ctx.is_main:
-        # after the last barrier, so a long upload keeps no other process waiting
-        from pipeline.hub import publish
+    def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(t, reduction="sum")
 
-        publish(run_dir / "export", cfg.train.push_to_hub)
-    return last_eval
+
+def train(cfg: RunConfig) -> dict[str, float]:
+    """Train `cfg` to its end (no export); return the final eval (or train) metrics."""
+    with Trainer(cfg) as trainer:
+        return trainer.fit()
 
 
 def _to(batch: dict, device: torch.device) -> dict:
     return {
         k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
     }
-
-
-def _clip(accelerator: Any, module: torch.nn.Module, max_norm: float) -> float:
-    # DeepSpeed clips inside its step (to gradient_clipping) and reports the norm here
-    if max_norm > 0 or accelerator.distributed_type == "DEEPSPEED":
-        norm = accelerator.clip_grad_norm_(module.parameters(), max_norm)
-    else:
-        grads = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
-        norm = torch.stack(grads).norm() if grads else torch.tensor(0.0)
-    return float(norm) if norm is not None else 0.0

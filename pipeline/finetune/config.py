@@ -11,12 +11,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pipeline.config import check_minimums
-from pipeline.finetune import objective as _objective  # noqa: F401  (registers `seqcls`)
-from pipeline.finetune import token_objective as _token_objective  # noqa: F401  (`tokcls`)
-from pipeline.objectives.base import ObjectiveConfig
 from pipeline.train_config import (
     EngineConfig,
     LogConfig,
+    ObjectiveConfig,
     OptimConfig,
     TrainConfig,
     source_problems,

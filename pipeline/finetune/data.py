@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 
 from pipeline.data import sources, text
 from pipeline.data.sources import DataError, Source
-from pipeline.engine.context import RunContext
 from pipeline.finetune.metrics import IGNORE
+from pipeline.protocols import RunContext
 
 ROW = "__row"  # the source row of an example, for error messages that survive the split
 

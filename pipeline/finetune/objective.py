@@ -19,11 +19,11 @@ from torch import nn
 
 from pipeline import registry
 from pipeline.data.sources import DataError
-from pipeline.engine.context import RunContext
-from pipeline.engine.metrics import transformer_flops_per_token
 from pipeline.finetune import metrics as cls_metrics
 from pipeline.finetune.metrics import IGNORE
-from pipeline.objectives.base import Datasets, Objective, ObjectiveConfig
+from pipeline.models.base import ModelFamily, linear_parameters
+from pipeline.objectives.base import Datasets, Objective, ObjectiveConfig, Task
+from pipeline.protocols import RunContext
 
 if TYPE_CHECKING:
     from pipeline.finetune.data import LabelledData
@@ -113,6 +113,14 @@ class SequenceClassification(Objective):
 
     auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
     config_extras: ClassVar[dict[str, Any]] = {"problem_type": "single_label_classification"}
+    task = Task(
+        pipeline_tag="text-classification",
+        name="Text classification",
+        metrics={"accuracy": ("accuracy", "accuracy"), "macro_f1": ("f1", "macro-F1")},
+        finetuned=True,
+    )
+    per_token_head: ClassVar[bool] = False
+    """The classification head runs on every token (tokcls), not once per text."""
 
     @dataclass
     class Config(ObjectiveConfig):
@@ -212,12 +220,11 @@ class SequenceClassification(Objective):
         }
 
     def flops_per_example(self, module: nn.Module) -> float:
-        cfg = module.model.config
-        n_params = sum(p.numel() for p in module.parameters())
+        model = module.model
         seq = max(1, round(self.mean_length))
-        return seq * transformer_flops_per_token(
-            n_params, cfg.num_hidden_layers, cfg.hidden_size, seq
-        )
+        encoder = ModelFamily.encoder_flops_per_token(model.base_model, seq)
+        head = 6.0 * (linear_parameters(model) - linear_parameters(model.base_model))
+        return seq * encoder + head * (seq if self.per_token_head else 1)
 
     def summarize(self, metrics: dict[str, float]) -> dict[str, float]:
         return cls_metrics.from_counts(metrics, len(self.labels))

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pipeline import registry
 from pipeline.data.sources import DataError
-from pipeline.engine.context import RunContext
 from pipeline.finetune.objective import SequenceClassification
+from pipeline.objectives.base import Task
+from pipeline.protocols import RunContext
 
 if TYPE_CHECKING:
     from pipeline.finetune.data import LabelledData
@@ -27,6 +28,13 @@ if TYPE_CHECKING:
 class TokenClassification(SequenceClassification):
     auto_class: ClassVar[str] = "AutoModelForTokenClassification"
     config_extras: ClassVar[dict[str, Any]] = {}
+    task = Task(
+        pipeline_tag="token-classification",
+        name="Token classification",
+        metrics={"accuracy": ("accuracy", "token accuracy"), "macro_f1": ("f1", "token macro-F1")},
+        finetuned=True,
+    )
+    per_token_head = True
 
     @dataclass
     class Config(SequenceClassification.Config):

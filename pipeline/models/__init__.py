@@ -1,3 +1,2 @@
-"""Model builders; importing this package registers every model."""
-
-from pipeline.models import bert, energy  # noqa: F401
+"""Model builders: transformer encoder families (bert) and energy networks, one module each,
+found by the registry's discovery."""

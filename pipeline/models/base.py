@@ -1,14 +1,146 @@
-"""The model section of a config: `model: {name: bert, preset: tiny, ...}`."""
+"""The model-family interface: what the text objectives need of a transformer encoder family.
+
+A family (BERT today; one module per family in pipeline/models/) is a class registered with
+`@register("model", NAME)` that says how to
+  - build its stock transformers masked-LM model (`build_masked_lm`, the class the export is
+    loaded with) or bare encoder (`build_encoder`, for InfoNCE) from a size preset, config
+    overrides or `from_pretrained`,
+  - reach its encoder and its masked-LM head inside the masked-LM model (`encoder`, `mlm_head`):
+    sparse prediction runs the head on the masked positions only,
+  - name the parameters tied to others (`tied_parameters`: absent from safetensors files),
+  - count training FLOPs per token (`flops_per_token`, for MFU),
+  - lay out a packed block (`block_template`: the special tokens around and between documents).
+The objectives, packing and export code against this interface, never against BERT's names.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from pipeline.config import Choice
+from torch import nn
+
+from pipeline import registry
+from pipeline.config import ConfigError
+from pipeline.data.packing import BlockTemplate
+from pipeline.train_config import ModelConfig
+
+__all__ = ["BlockTemplate", "ModelConfig", "ModelFamily", "encoder_family", "linear_parameters"]
 
 
-@dataclass
-class ModelConfig(Choice):
-    kind: ClassVar[str] = "model"
-    name: str = "bert"
+def linear_parameters(module: nn.Module) -> int:
+    """Parameters that take part in matrix products (nn.Linear weights and biases): the `N` of
+    the 6N FLOPs-per-token rule. Embedding lookups and norms do (almost) no FLOPs."""
+    seen: set[int] = set()
+    total = 0
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            for p in m.parameters(recurse=False):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    total += p.numel()
+    return total
+
+
+class ModelFamily:
+    """Base of the transformer encoder families. Subclasses set the class attributes and
+    implement the builders; the defaults here follow transformers' conventions."""
+
+    Config: ClassVar[type[ModelConfig]] = ModelConfig
+    is_energy_model: ClassVar[bool] = False
+    masked_lm_class: ClassVar[Any]
+    """The stock `*ForMaskedLM` class (what `AutoModelForMaskedLM` resolves the export to)."""
+    encoder_class: ClassVar[Any]
+    """The stock bare encoder class (`*Model`), for objectives that need no LM head."""
+
+    @classmethod
+    def hf_config(cls, cfg: Any, vocab_size: int, pad_token_id: int) -> Any:
+        """The transformers config of this size preset with `cfg.overrides` applied."""
+        raise NotImplementedError
+
+    @classmethod
+    def build_masked_lm(cls, cfg: Any, vocab_size: int, pad_token_id: int) -> nn.Module:
+        if cfg.from_pretrained:
+            # trust_remote_code stays off: only stock transformers classes are loaded
+            return cls.masked_lm_class.from_pretrained(
+                cfg.from_pretrained, attn_implementation=cfg.attn_implementation
+            )
+        config = cls.hf_config(cfg, vocab_size, pad_token_id)
+        config._attn_implementation = cfg.attn_implementation
+        return cls.masked_lm_class(config)
+
+    @classmethod
+    def build_encoder(cls, cfg: Any, vocab_size: int, pad_token_id: int) -> nn.Module:
+        if cfg.from_pretrained:
+            return cls.encoder_class.from_pretrained(
+                cfg.from_pretrained, attn_implementation=cfg.attn_implementation,
+                **cls.encoder_kwargs(),
+            )  # fmt: skip
+        config = cls.hf_config(cfg, vocab_size, pad_token_id)
+        config._attn_implementation = cfg.attn_implementation
+        return cls.encoder_class(config, **cls.encoder_kwargs())
+
+    @classmethod
+    def encoder_kwargs(cls) -> dict[str, Any]:
+        """Extra constructor arguments of the bare encoder (BERT: no pooler)."""
+        return {}
+
+    @staticmethod
+    def encoder(model: nn.Module) -> nn.Module:
+        """The encoder inside a task model (transformers' `base_model`)."""
+        return model.base_model
+
+    @staticmethod
+    def mlm_head(model: nn.Module) -> nn.Module:
+        """The module mapping final hidden states to vocabulary logits."""
+        raise NotImplementedError
+
+    @classmethod
+    def tied_parameters(cls, model: nn.Module) -> list[str]:
+        """Names of parameters that share storage with another (safetensors keeps one)."""
+        return list(getattr(model, "_tied_weights_keys", None) or [])
+
+    @classmethod
+    def flops_per_token(
+        cls, model: nn.Module, seq_len: int, predicted_fraction: float = 1.0
+    ) -> float:
+        """Training FLOPs (forward + backward) per input token of the masked-LM model: 6 x the
+        encoder's matmul parameters, attention's score and value products (12 x layers x
+        hidden x sequence, PaLM appendix B), and the LM head's matmuls on the fraction of
+        tokens it actually runs on (all of them without sparse prediction)."""
+        config = model.config
+        encoder = cls.encoder(model)
+        head = linear_parameters(cls.mlm_head(model))
+        attention = 12.0 * config.num_hidden_layers * config.hidden_size * seq_len
+        return 6.0 * linear_parameters(encoder) + attention + 6.0 * head * predicted_fraction
+
+    @classmethod
+    def encoder_flops_per_token(cls, encoder: nn.Module, seq_len: int) -> float:
+        """The same count for a bare encoder (no LM head)."""
+        config = encoder.config
+        attention = 12.0 * config.num_hidden_layers * config.hidden_size * seq_len
+        return 6.0 * linear_parameters(encoder) + attention
+
+    @staticmethod
+    def block_template(tokenizer: Any) -> BlockTemplate:
+        """BERT/RoBERTa style: the tokenizer's cls (<s>) starts, sep (</s>) separates and ends."""
+        return BlockTemplate.of(tokenizer)
+
+
+def families() -> list[str]:
+    """Names of the registered transformer encoder families."""
+    return [n for n in registry.names("model") if _is_family(registry.get("model", n))]
+
+
+def _is_family(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, ModelFamily)
+
+
+def encoder_family(name: str, objective: str) -> type[ModelFamily]:
+    """The transformer family registered as `name`, or a ConfigError listing the families."""
+    family = registry.get("model", name)
+    if not _is_family(family):
+        raise ConfigError(
+            [f"objective {objective} needs a transformer encoder, got model.name={name}; "
+             f"choices: {', '.join(families())}"]
+        )  # fmt: skip
+    return family

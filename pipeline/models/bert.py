@@ -1,13 +1,14 @@
-"""BERT masked-LM models from size presets, any `BertConfig` field, or a checkpoint/export."""
+"""BERT (`model.name=bert`): size presets, any `BertConfig` field, or a checkpoint/export."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import BertConfig, BertForMaskedLM, PreTrainedModel
+from torch import nn
+from transformers import BertConfig, BertForMaskedLM, BertModel
 
-from pipeline.models.base import ModelConfig
+from pipeline.models.base import ModelConfig, ModelFamily
 from pipeline.registry import register
 
 # (hidden, layers, heads, intermediate): tiny/mini/small as in Turc et al. (2019), base/large as BERT
@@ -22,7 +23,10 @@ PRESETS: dict[str, tuple[int, int, int, int]] = {
 
 
 @register("model", "bert")
-class Bert:
+class Bert(ModelFamily):
+    masked_lm_class = BertForMaskedLM
+    encoder_class = BertModel
+
     @dataclass
     class Config(ModelConfig):
         name: str = "bert"
@@ -50,8 +54,8 @@ class Bert:
                 problems.append(f"overrides: {', '.join(unknown)} are not BertConfig fields")
             return problems
 
-    @staticmethod
-    def bert_config(cfg: Config, vocab_size: int, pad_token_id: int = 0) -> BertConfig:
+    @classmethod
+    def hf_config(cls, cfg: Config, vocab_size: int, pad_token_id: int = 0) -> BertConfig:
         hidden, layers, heads, inter = PRESETS[cfg.preset]
         fields = dict(
             vocab_size=vocab_size,
@@ -68,12 +72,9 @@ class Bert:
         return BertConfig(**fields)
 
     @classmethod
-    def build(cls, cfg: Config, vocab_size: int, pad_token_id: int = 0) -> PreTrainedModel:
-        if cfg.from_pretrained:
-            # trust_remote_code stays off: only stock transformers classes are loaded
-            return BertForMaskedLM.from_pretrained(
-                cfg.from_pretrained, attn_implementation=cfg.attn_implementation
-            )
-        config = cls.bert_config(cfg, vocab_size, pad_token_id)
-        config._attn_implementation = cfg.attn_implementation
-        return BertForMaskedLM(config)
+    def encoder_kwargs(cls) -> dict[str, Any]:
+        return {"add_pooling_layer": False}  # sentence embeddings pool the hidden states
+
+    @staticmethod
+    def mlm_head(model: nn.Module) -> nn.Module:
+        return model.cls  # transform (dense, GELU, LayerNorm) + decoder tied to the embeddings

@@ -6,41 +6,48 @@ An objective never knows which launcher or sharding strategy runs it. The engine
     engine hands this module to Accelerate/DeepSpeed, so every gradient flows through the
     wrapped forward (calling a submodule directly would bypass DDP's gradient sync),
   - `collate(examples, generator)`: a batch; all randomness comes from `generator`, which the
-    engine seeds from (seed, step, process), so a resumed run draws the same masks,
-  - `export(module, folder)`: what goes into RUN_DIR/export,
+    engine seeds from (seed, data position, process), so a resumed run draws the same masks,
+  - `export(module, folder, ctx)`: what goes into RUN_DIR/export,
   - optionally `state_dict()` / `load_state_dict()` for per-process state kept in checkpoints.
+
+A new objective is one module in `pipeline/objectives/` (or `pipeline/finetune/`) with a class
+decorated `@register("objective", NAME)`: the registry finds it, the config builder finds its
+`Config`, and the model card reads its `task` (see docs/EXTENDING.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from pipeline.config import Choice
+from pipeline.protocols import Datasets, RunContext
+from pipeline.train_config import ObjectiveConfig
 
-if TYPE_CHECKING:
-    from pipeline.engine.context import RunContext
-
-
-@dataclass
-class ObjectiveConfig(Choice):
-    kind: ClassVar[str] = "objective"
-    name: str = "mlm"
+__all__ = ["Datasets", "Objective", "ObjectiveConfig", "Task"]
 
 
-@dataclass
-class Datasets:
-    train: Any
-    eval: Any | None
-    tokens_per_example: int = 0
-    """Tokens one training example carries (for tokens/s and MFU); 0 when not text."""
+@dataclass(frozen=True)
+class Task:
+    """What the exported model is for, as the Hub and the model card say it."""
+
+    pipeline_tag: str = "feature-extraction"
+    """The transformers pipeline that uses the export (fill-mask, text-classification...)."""
+    name: str = "Representation learning"
+    """Task name for the card's model-index."""
+    metrics: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Logged eval metric -> (model-index metric type, readable name)."""
+    library: str = "transformers"
+    """The library that loads the export (`transformers`, or `pipeline` for energy nets)."""
+    finetuned: bool = False
+    """A fine-tuning objective (labelled data) rather than self-supervised pretraining."""
 
 
 class Objective:
     Config: ClassVar[type[ObjectiveConfig]] = ObjectiveConfig
+    task: ClassVar[Task] = Task()
 
     def __init__(self, cfg: ObjectiveConfig):
         self.cfg = cfg
@@ -51,7 +58,7 @@ class Objective:
     def build_module(self, ctx: RunContext) -> nn.Module:
         raise NotImplementedError
 
-    def collate(self, examples: list[dict], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def collate(self, examples: Any, generator: torch.Generator) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def flops_per_example(self, module: nn.Module) -> float:
@@ -65,10 +72,10 @@ class Objective:
         """Metrics derived from the reduced ones (e.g. perplexity from loss)."""
         return metrics
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
     def model_card_notes(self) -> str:

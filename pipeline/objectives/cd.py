@@ -23,9 +23,8 @@ from torch import nn
 from pipeline import registry
 from pipeline.config import ConfigError, check_minimums
 from pipeline.ebm.langevin import LangevinSpec, ReplayBuffer, langevin
-from pipeline.ebm.module import EnergyModule
-from pipeline.ebm.objective import EnergyConfig, EnergyObjective
-from pipeline.engine.context import RunContext
+from pipeline.objectives.energy import EnergyConfig, EnergyModule, EnergyObjective
+from pipeline.protocols import RunContext
 
 SEED_RANGE = 2**62
 

@@ -7,8 +7,8 @@ grows with the world size and 2 processes train exactly as 1 process on the conc
 each process's loss averages over its own queries, DDP averages the gradients, and the gather's
 backward sums the key gradients coming from every process.
 
-The encoder is a transformers `BertModel` (model.name=bert: presets, overrides or a
-from_pretrained MLM export); the export loads with `AutoModel`. Sentence embedding = the pooling
+The encoder is the bare encoder of any registered transformer family (model.name=bert:
+presets, overrides or a from_pretrained MLM export); the export loads with `AutoModel`. Sentence embedding = the pooling
 named in `objective.pooling` of the last hidden states, L2-normalised (see the model card).
 """
 
@@ -25,8 +25,9 @@ from torch import nn
 from pipeline import registry
 from pipeline.config import ConfigError
 from pipeline.data import text
-from pipeline.engine.context import RunContext
+from pipeline.models.base import encoder_family
 from pipeline.objectives.base import Datasets, Objective, ObjectiveConfig
+from pipeline.protocols import RunContext
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -147,7 +148,8 @@ class InfoNCE(Objective):
         tok = text.get_tokenizer(ctx, corpus, need_mask=False)
         ctx.tokenizer = tok
         self._set_tokens(tok)
-        train, ev = text.packed(ctx, corpus, tok)
+        template = encoder_family(ctx.cfg.model.name, "infonce").block_template(tok)
+        train, ev = text.packed(ctx, corpus, tok, template)
         ev = HeldOut(ev) if ev is not None else None
         return Datasets(train, ev, tokens_per_example=2 * ctx.cfg.data.block_size)
 
@@ -155,14 +157,7 @@ class InfoNCE(Objective):
         self.cls_id, self.sep_id, self.pad_id = tok.cls_token_id, tok.sep_token_id, tok.pad_token_id
 
     def build_module(self, ctx: RunContext) -> nn.Module:
-        from transformers import BertModel
-
-        from pipeline.models.bert import Bert
-
-        if ctx.cfg.model.name != "bert":
-            raise ConfigError(
-                [f"objective infonce needs model.name=bert, got {ctx.cfg.model.name}"]
-            )
+        family = encoder_family(ctx.cfg.model.name, "infonce")
         tok = ctx.tokenizer
         if tok is None:
             raise ConfigError(
@@ -174,15 +169,7 @@ class InfoNCE(Objective):
             raise ConfigError(
                 ["objective.views=dropout needs model.dropout > 0 (else both views are identical)"]
             )
-        if mcfg.from_pretrained:
-            encoder = BertModel.from_pretrained(
-                mcfg.from_pretrained, add_pooling_layer=False,
-                attn_implementation=mcfg.attn_implementation,
-            )  # fmt: skip
-        else:
-            config = Bert.bert_config(mcfg, vocab_size=len(tok), pad_token_id=tok.pad_token_id)
-            config._attn_implementation = mcfg.attn_implementation
-            encoder = BertModel(config, add_pooling_layer=False)
+        encoder = family.build_encoder(mcfg, len(tok), tok.pad_token_id)
         if encoder.config.max_position_embeddings < ctx.cfg.data.block_size:
             raise ConfigError(
                 [

@@ -6,10 +6,11 @@ likelihood of the original tokens).
 
 Masking follows BERT: each non-special token is selected with `mask_prob`; a selected token
 becomes [MASK] with `mask_replace`, a random token with `random_replace`, and stays itself
-otherwise. With `whole_word_mask`, all WordPiece pieces of a word share one decision. The loss
-is computed only on selected positions, and with `sparse_prediction` the prediction head
-(a vocab-sized matmul, the costliest layer of a small BERT) runs only on them too (as in
-cramming and academic-budget-bert).
+otherwise. With `whole_word_mask`, all pieces of a word share one decision. The loss is computed
+only on selected positions, and with `sparse_prediction` the prediction head (a vocab-sized
+matmul, the costliest layer of a small BERT) runs only on them too (as in cramming and
+academic-budget-bert). The model is any registered encoder family (pipeline/models/base.py):
+this module reaches its encoder and LM head only through that interface.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from torch import nn
 from pipeline import registry
 from pipeline.data import text
 from pipeline.data.sources import DataError
-from pipeline.engine.context import RunContext
-from pipeline.engine.metrics import transformer_flops_per_token
-from pipeline.objectives.base import Datasets, Objective, ObjectiveConfig
+from pipeline.data.tokenizer import word_continuation
+from pipeline.models.base import ModelFamily, encoder_family
+from pipeline.objectives.base import Datasets, Objective, ObjectiveConfig, Task
+from pipeline.protocols import RunContext
 
 IGNORE = -100
 
@@ -72,12 +74,15 @@ def mask_tokens(
 
 
 class SparseMaskedLM(nn.Module):
-    """Wraps a `BertForMaskedLM`; forward returns (loss, metrics). The wrapped model stays a
-    stock transformers model, so the export is a plain `save_pretrained`."""
+    """Wraps a stock `*ForMaskedLM` model; forward returns (loss, metrics). The wrapped model
+    stays a stock transformers model, so the export is a plain `save_pretrained`. The family
+    (a class, not a module: no second name for the same parameters) says where its encoder
+    and LM head are."""
 
-    def __init__(self, model: nn.Module, sparse_prediction: bool = True):
+    def __init__(self, model: nn.Module, family: type[ModelFamily], sparse_prediction: bool = True):
         super().__init__()
         self.model = model
+        self.family = family
         self.sparse_prediction = sparse_prediction
 
     def forward(
@@ -89,7 +94,8 @@ class SparseMaskedLM(nn.Module):
         masked_labels: torch.Tensor | None = None,
     ):
         if self.sparse_prediction:
-            hidden = self.model.bert(input_ids=input_ids, attention_mask=attention_mask)[0]
+            encoder = self.family.encoder(self.model)
+            hidden = encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
             if masked_positions is not None:
                 # positions found by collate, padded to a fixed count: a static shape for
                 # torch.compile and CUDA graphs, and no device-to-host sync of `hidden[mask]`
@@ -98,7 +104,7 @@ class SparseMaskedLM(nn.Module):
             else:
                 where = labels != IGNORE
                 hidden, targets = hidden[where], labels[where]
-            logits = self.model.cls(hidden)
+            logits = self.family.mlm_head(self.model)(hidden)
         else:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
             where = labels != IGNORE
@@ -127,6 +133,15 @@ def prediction_slots(selected: int, tokens: int, rate: float, static: bool) -> i
 
 @registry.register("objective", "mlm")
 class MaskedLM(Objective):
+    task = Task(
+        pipeline_tag="fill-mask",
+        name="Masked language modelling",
+        metrics={
+            "mlm_accuracy": ("accuracy", "masked-token accuracy"),
+            "perplexity": ("perplexity", "perplexity"),
+        },
+    )
+
     @dataclass
     class Config(ObjectiveConfig):
         name: str = "mlm"
@@ -160,7 +175,8 @@ class MaskedLM(Objective):
         ctx.tokenizer = tok
         self._seq_len = ctx.cfg.data.block_size
         self._setup_masking(tok, ctx)
-        train, ev = text.packed(ctx, corpus, tok)
+        template = encoder_family(ctx.cfg.model.name, "mlm").block_template(tok)
+        train, ev = text.packed(ctx, corpus, tok, template)
         return Datasets(train, ev, tokens_per_example=ctx.cfg.data.block_size)
 
     def _setup_masking(self, tok, ctx: RunContext) -> None:
@@ -173,17 +189,12 @@ class MaskedLM(Objective):
         self.special_ids = torch.tensor(sorted(set(tok.all_special_ids)), dtype=torch.long)
         self.mask_id = tok.mask_token_id
         self.vocab_size = len(tok)
-        self.continuation = None
-        if self.cfg.whole_word_mask:
-            cont = torch.zeros(len(tok), dtype=torch.bool)
-            for token, i in tok.get_vocab().items():
-                cont[i] = token.startswith("##")
-            self.continuation = cont
+        self.continuation = word_continuation(tok) if self.cfg.whole_word_mask else None
 
     def build_module(self, ctx: RunContext) -> nn.Module:
-        model_cls = registry.get("model", ctx.cfg.model.name)
+        family = encoder_family(ctx.cfg.model.name, "mlm")
         tok = ctx.tokenizer
-        model = model_cls.build(ctx.cfg.model, vocab_size=len(tok), pad_token_id=tok.pad_token_id)
+        model = family.build_masked_lm(ctx.cfg.model, len(tok), tok.pad_token_id)
         if model.config.vocab_size < len(tok):
             raise DataError(
                 f"the tokenizer has {len(tok)} tokens but the model's vocabulary has "
@@ -196,7 +207,7 @@ class MaskedLM(Objective):
             )
         # a compiled module wants one shape: pad the masked positions to a fixed count
         self.static_shapes = bool(ctx.cfg.engine.compile)
-        return SparseMaskedLM(model, self.cfg.sparse_prediction)
+        return SparseMaskedLM(model, family, self.cfg.sparse_prediction)
 
     def collate(self, examples: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         ids = examples["input_ids"]
@@ -224,12 +235,11 @@ class MaskedLM(Objective):
         return batch
 
     def flops_per_example(self, module: nn.Module) -> float:
-        cfg = module.model.config
-        n_params = sum(p.numel() for p in module.parameters())
+        # the FLOPs actually done: with sparse prediction the LM head runs on the selected
+        # (about mask_prob of the) tokens only
+        predicted = self.cfg.mask_prob if self.cfg.sparse_prediction else 1.0
         seq = self.seq_len
-        return seq * transformer_flops_per_token(
-            n_params, cfg.num_hidden_layers, cfg.hidden_size, seq
-        )
+        return seq * module.family.flops_per_token(module.model, seq, predicted)
 
     @property
     def seq_len(self) -> int:

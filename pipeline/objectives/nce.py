@@ -18,9 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline import registry
-from pipeline.ebm.module import EnergyModule
-from pipeline.ebm.objective import EnergyConfig, EnergyObjective
-from pipeline.engine.context import RunContext
+from pipeline.objectives.energy import EnergyConfig, EnergyModule, EnergyObjective
+from pipeline.protocols import RunContext
 
 
 class GaussianNoise:

@@ -1,3 +1,2 @@
-"""Single-node stages (autoencoders, K-means, embeddings); importing registers each one."""
-
-from pipeline.stages import autoencoder, embed, kmeans  # noqa: F401
+"""Single-node stages (autoencoders, K-means, embeddings), one module each, found by the
+registry's discovery."""

@@ -89,7 +89,7 @@ class ConvAutoencoder(nn.Module):
 def build(cfg: Any, dim: int, image_shape: tuple[int, ...] | None) -> nn.Module:
     if cfg.arch == "conv":
         if image_shape is None:
-            raise ValueError("autoencoder.arch=conv needs images")
+            raise ValueError("stage.arch=conv needs images")
         return ConvAutoencoder(
             image_shape, cfg.channels, cfg.code_size, cfg.activation, cfg.code_activation
         )
@@ -97,7 +97,7 @@ def build(cfg: Any, dim: int, image_shape: tuple[int, ...] | None) -> nn.Module:
 
 
 def corrupt(x: torch.Tensor, cfg: Any, gen: torch.Generator) -> torch.Tensor:
-    """The noisy input of a denoising autoencoder (x itself when autoencoder.noise=none)."""
+    """The noisy input of a denoising autoencoder (x itself when stage.noise=none)."""
     if cfg.noise == "none":
         return x
     if cfg.noise == "gaussian":

@@ -48,7 +48,7 @@ class DataConfig:
     eval_fraction: float = 0.2
     """Held-out fraction (random, seeded by train.seed) for held-out metrics."""
     mmap: bool = False
-    """Memory-map a .npy instead of reading it (larger than memory; use kmeans.mode=minibatch)."""
+    """Memory-map a .npy instead of reading it (larger than memory; use stage.mode=minibatch)."""
 
     def validate(self) -> list[str]:
         problems = []

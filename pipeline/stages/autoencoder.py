@@ -23,7 +23,8 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from pipeline.data.sources import DataError
-from pipeline.engine.setup import SetupError
+from pipeline.engine import setup
+from pipeline.engine.launch import SetupError
 from pipeline.registry import register
 from pipeline.stages import ae_models, arrays, pictures
 from pipeline.stages.base import (
@@ -35,12 +36,14 @@ from pipeline.stages.base import (
     metrics_log,
     save_checkpoint,
 )
+from pipeline.train_config import StageConfig
 
 log = logging.getLogger("pipeline")
 
 
 @dataclass
-class AutoencoderConfig:
+class AutoencoderConfig(StageConfig):
+    name: str = "autoencoder"
     arch: Literal["mlp", "conv"] = "mlp"
     """mlp: fully connected; conv: stride-2 convolutions (images only)."""
     code_size: int = 8
@@ -87,7 +90,7 @@ class AutoencoderStage(Stage):
     Config = AutoencoderConfig
 
     def run(self, cfg: Any, run_dir: Path) -> dict[str, float]:
-        ac: AutoencoderConfig = cfg.autoencoder
+        ac: AutoencoderConfig = cfg.stage
         tc = cfg.train
         if self.comm.world > 1:
             raise SetupError(
@@ -96,11 +99,11 @@ class AutoencoderStage(Stage):
         data = load_data(cfg)
         if ac.loss == "bce" and not data.in_unit_range:
             raise DataError(
-                f"autoencoder.loss=bce needs data in [0, 1]; {data.source} spans "
+                f"stage.loss=bce needs data in [0, 1]; {data.source} spans "
                 f"[{float(data.x.min()):.3g}, {float(data.x.max()):.3g}] (try data.scale=unit)"
             )
         if ac.arch == "conv" and data.image_shape is None:
-            raise DataError(f"autoencoder.arch=conv needs images; {data.source} holds plain rows")
+            raise DataError(f"stage.arch=conv needs images; {data.source} holds plain rows")
         train_rows, eval_rows = arrays.split(len(data.x), cfg.data.eval_fraction, tc.seed)
         if len(eval_rows) == 0:
             eval_rows = train_rows  # eval_fraction=0: report on the training rows
@@ -110,9 +113,9 @@ class AutoencoderStage(Stage):
 
         torch.manual_seed(tc.seed)
         model = ae_models.build(ac, x_all.shape[1], data.image_shape).to(device)
-        opt = torch.optim.AdamW(
-            model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay
-        )
+        # the engine's AdamW and schedule (the stage's optim section has stage defaults)
+        opt = setup.build_optimizer(model, cfg.optim, device)
+        schedule = setup.build_scheduler(opt, cfg.optim, tc.max_steps)
         start = 0
         state = load_checkpoint(run_dir) if tc.resume != "never" else None
         if tc.resume == "required" and state is None:
@@ -131,6 +134,7 @@ class AutoencoderStage(Stage):
                 )
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["scheduler"])
             start = int(state["step"])
             log.info("autoencoder: resumed at step %d", start)
 
@@ -152,7 +156,10 @@ class AutoencoderStage(Stage):
             loss = ae_models.loss_fn(out, code, x, ac)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.optim.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
             opt.step()
+            schedule.step()
             if step % tc.log_every == 0:
                 metrics.write(step, "train", {"loss": loss.item()})
                 bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -166,9 +173,11 @@ class AutoencoderStage(Stage):
                     {
                         "model": model.state_dict(),
                         "optimizer": opt.state_dict(),
+                        "scheduler": schedule.state_dict(),
                         "step": step,
                         "identity": identity,
                     },
+                    keep=tc.keep_checkpoints,
                 )
         if not result:  # nothing left to train (resumed at the end): evaluate once
             result = {**self._evaluate(model, x_eval, ac, tc.seed), "pca_mse": pca_mse}
@@ -206,7 +215,7 @@ class AutoencoderStage(Stage):
     def _outputs(self, run_dir: Path, model, x_all, data, cfg) -> None:
         out = begin_outputs(run_dir)
         arrays.save_outputs(
-            out, data, self._codes(model, x_all), {"code_size": cfg.autoencoder.code_size}
+            out, data, self._codes(model, x_all), {"code_size": cfg.stage.code_size}
         )
         save_file(
             {k: v.contiguous().cpu() for k, v in model.state_dict().items()},
@@ -217,7 +226,7 @@ class AutoencoderStage(Stage):
                 {
                     "dim": int(x_all.shape[1]),
                     "image_shape": data.image_shape,
-                    "autoencoder": vars(cfg.autoencoder),
+                    "autoencoder": vars(cfg.stage),
                 },
                 indent=1,
             )

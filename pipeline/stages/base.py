@@ -98,20 +98,13 @@ def load_data(cfg: Any) -> arrays.ArrayData:
 
 
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
-    """Atomic: tmp folder, manifest last, rename; older ones removed after the new one is in."""
-    root = checkpoint.checkpoints_dir(run_dir)
-    final, tmp = root / f"step-{step:08d}", root / f".tmp-step-{step:08d}"
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp.mkdir()
-    torch.save({**state, "rng": checkpoint.rng_state()}, tmp / "state.pt")
-    checkpoint.write_manifest(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for _, old in checkpoint.list_checkpoints(run_dir)[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    """The engine's atomic writer (tmp folder, fsync'd manifest last, rename; older ones removed
+    after the new one is in; a full disk leaves the previous ones intact), one process."""
+
+    def write(tmp: Path) -> None:
+        torch.save({**state, "rng": checkpoint.rng_state()}, tmp / "state.pt")
+
+    return checkpoint.write_atomic(checkpoint.checkpoints_dir(run_dir), step, write, keep=keep)
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:

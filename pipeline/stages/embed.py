@@ -21,12 +21,14 @@ from pipeline.data.sources import DataError
 from pipeline.registry import register
 from pipeline.stages import arrays, pictures
 from pipeline.stages.base import Stage, begin_outputs, finish_outputs, metrics_log
+from pipeline.train_config import StageConfig
 
 log = logging.getLogger("pipeline")
 
 
 @dataclass
-class EmbedConfig:
+class EmbedConfig(StageConfig):
+    name: str = "embed"
     model: str | None = None
     """A Hugging Face folder or Hub name of an encoder; default: `export/` of the run folder
     named by `input` (an upstream `train` stage)."""
@@ -48,8 +50,8 @@ class EmbedConfig:
 
 def model_folder(cfg: Any) -> str:
     """embed.model, else INPUT/export; a clear error when neither exists."""
-    if cfg.embed.model:
-        return cfg.embed.model
+    if cfg.stage.model:
+        return cfg.stage.model
     if not cfg.input:
         raise DataError(
             "the embed stage needs embed.model (a model folder) or input (a run folder)"
@@ -71,7 +73,7 @@ class EmbedStage(Stage):
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        ec: EmbedConfig = cfg.embed
+        ec: EmbedConfig = cfg.stage
         folder = model_folder(cfg)
         texts, labels, source = _texts(cfg.data)
         device = self.comm.device(cfg.train.device)

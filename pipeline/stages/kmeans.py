@@ -1,6 +1,6 @@
 """The K-means stage: fit, report inertia (the summed free energy), ARI, pictures, outputs.
 
-python -m pipeline stage configs/stages/kmeans.yaml kmeans.k=10 --output-dir runs/km
+python -m pipeline stage configs/stages/kmeans.yaml stage.k=10 --output-dir runs/km
 torchrun --nproc_per_node 2 -m pipeline stage configs/stages/kmeans.yaml ...   (shards)
 """
 
@@ -21,6 +21,7 @@ from pipeline.registry import register
 from pipeline.stages import kmeans_ops as ops
 from pipeline.stages import pictures
 from pipeline.stages.base import Stage, begin_outputs, finish_outputs, load_data, metrics_log
+from pipeline.train_config import StageConfig
 
 log = logging.getLogger("pipeline")
 
@@ -28,7 +29,8 @@ BETAS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
 
 
 @dataclass
-class KMeansConfig:
+class KMeansConfig(StageConfig):
+    name: str = "kmeans"
     k: int = 8
     """Number of clusters (columns of W in E(y, z) = ||y - W z||^2)."""
     n_init: int = 1
@@ -69,13 +71,13 @@ class KMeansStage(Stage):
     Config = KMeansConfig
 
     def run(self, cfg: Any, run_dir: Path) -> dict[str, float]:
-        kc: KMeansConfig = cfg.kmeans
+        kc: KMeansConfig = cfg.stage
         comm = self.comm
         data = load_data(cfg)
         n = len(data.x)
         if kc.k > n:
             raise DataError(
-                f"kmeans.k={kc.k} is larger than the number of points ({n}) in {data.source}"
+                f"stage.k={kc.k} is larger than the number of points ({n}) in {data.source}"
             )
         device = comm.device(cfg.train.device)
         points = ops.Points(data.x[comm.shard(n)], device, kc.chunk_size)

@@ -31,7 +31,7 @@ def run_stage(cfg: StageRunConfig) -> dict[str, float]:
             shutil.rmtree(run_dir / OUTPUTS, ignore_errors=True)
         comm.barrier()
         torch.manual_seed(cfg.train.seed)
-        stage = registry.get("stage", cfg.stage)(comm)
+        stage = registry.get("stage", cfg.stage.name)(comm)
         metrics = stage.run(cfg, run_dir)
         comm.barrier()
         return metrics

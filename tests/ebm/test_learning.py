@@ -11,8 +11,8 @@ from pipeline import registry
 from pipeline.config import load_config
 from pipeline.ebm.export import load_energy
 from pipeline.ebm.quadrature import grid_energies
-from pipeline.engine.context import RunContext
-from pipeline.engine.train import train
+from pipeline.engine.context import EngineContext
+from pipeline.workflow import train_and_export
 from pipeline.train_config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +22,7 @@ FAST = ["log.progress_bar=false", "log.trackers=[]", "train.checkpoint_every=100
 def untrained_kl(cfg) -> float:
     """kl of the freshly initialised model, evaluated exactly as the engine does."""
     accelerator = SimpleNamespace(num_processes=1, process_index=0, is_main_process=True)
-    ctx = RunContext(cfg=cfg, run_dir=Path(cfg.output_dir), accelerator=accelerator)
+    ctx = EngineContext(cfg=cfg, run_dir=Path(cfg.output_dir), accelerator=accelerator)
     objective = registry.get("objective", cfg.objective.name)(cfg.objective)
     data = objective.build_data(ctx)
     torch.manual_seed(cfg.train.seed)
@@ -51,7 +51,7 @@ def test_learns_8_gaussians(tmp_path, recipe, bound):
         [*RUNS[recipe], *SMALL, f"output_dir={tmp_path}", *FAST],
     )  # fmt: skip
     before = untrained_kl(cfg)
-    final = train(cfg)
+    final = train_and_export(cfg)
     assert before > 1.0, before
     assert final["kl"] < bound, final
     assert 0 <= final["tv"] < 0.5

@@ -13,7 +13,7 @@ from pipeline.stages.runner import run_stage
 
 def test_undercomplete_autoencoder_beats_pca_at_code_size_8(stage_cfg):
     cfg = stage_cfg("configs/stages/autoencoder.yaml", "train.max_steps=600", "log.plots=false")
-    assert cfg.autoencoder.code_size == 8 and cfg.data.path == "sklearn:digits"
+    assert cfg.stage.code_size == 8 and cfg.data.path == "sklearn:digits"
     result = run_stage(cfg)
     # PCA at 8 components is the best *linear* autoencoder: 0.0238 on these held-out digits
     assert 0.02 < result["pca_mse"] < 0.03
@@ -22,7 +22,7 @@ def test_undercomplete_autoencoder_beats_pca_at_code_size_8(stage_cfg):
 
 def test_denoising_reconstruction_is_closer_to_clean_than_the_noisy_input(stage_cfg, tmp_path):
     cfg = stage_cfg("configs/stages/denoising-autoencoder.yaml", "train.max_steps=400")
-    assert cfg.autoencoder.code_size > 64  # over-complete: only the noise stops the identity
+    assert cfg.stage.code_size > 64  # over-complete: only the noise stops the identity
     result = run_stage(cfg)
     assert result["denoised_mse"] < 0.5 * result["noisy_mse"], result
     run = tmp_path / "run"
@@ -46,7 +46,7 @@ def test_convolutional_autoencoder_learns(stage_cfg):
     cfg = stage_cfg(
         "configs/stages/conv-autoencoder.yaml", "train.max_steps=300", "log.plots=false"
     )
-    assert cfg.autoencoder.arch == "conv"
+    assert cfg.stage.arch == "conv"
     result = run_stage(cfg)
     # the mean image scores 0.073 on unit-scaled digits, PCA at 8 components 0.0238
     assert result["mse"] < result["pca_mse"], result

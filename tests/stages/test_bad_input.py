@@ -15,7 +15,7 @@ from pipeline.stages.runner import run_stage
 def test_k_larger_than_the_number_of_points(stage_cfg, tmp_path):
     np.save(tmp_path / "five.npy", np.random.default_rng(0).normal(size=(5, 3)))
     cfg = stage_cfg("configs/stages/kmeans.yaml", f"data.path={tmp_path / 'five.npy'}")
-    with pytest.raises(DataError, match=r"kmeans.k=10 is larger than the number of points \(5\)"):
+    with pytest.raises(DataError, match=r"stage.k=10 is larger than the number of points \(5\)"):
         run_stage(cfg)
 
 
@@ -33,7 +33,7 @@ def test_nan_in_a_memmap_is_found_while_reading(stage_cfg, tmp_path):
     x[42, 2] = np.inf
     np.save(tmp_path / "inf.npy", x)
     cfg = stage_cfg("configs/stages/kmeans.yaml", f"data.path={tmp_path / 'inf.npy'}",
-                    "data.mmap=true", "data.scale=none", "kmeans.chunk_size=16")  # fmt: skip
+                    "data.mmap=true", "data.scale=none", "stage.chunk_size=16")  # fmt: skip
     with pytest.raises(DataError, match=r"row 42, column 2"):
         run_stage(cfg)
 
@@ -76,22 +76,22 @@ def test_upstream_stage_missing_or_unfinished(stage_cfg, tmp_path):
 def test_checkpoints_of_another_autoencoder_are_refused(stage_cfg):
     run_stage(stage_cfg("configs/stages/autoencoder.yaml", "train.max_steps=5", "log.plots=false"))
     cfg = stage_cfg("configs/stages/autoencoder.yaml", "train.max_steps=10",
-                    "autoencoder.code_size=4", "log.plots=false")  # fmt: skip
+                    "stage.code_size=4", "log.plots=false")  # fmt: skip
     with pytest.raises(SetupError, match=r"different autoencoder.*train.resume=never"):
         run_stage(cfg)
 
 
 def test_config_problems_are_listed_together(stage_cfg):
     with pytest.raises(ConfigError) as err:
-        stage_cfg("configs/stages/kmeans.yaml", "kmeans.k=0", "train.max_steps=0", "embed.bogus=1")
+        stage_cfg("configs/stages/kmeans.yaml", "stage.k=0", "train.max_steps=0", "data.bogus=1")
     text = str(err.value)
     assert "3 config errors" in text
-    assert "unknown key embed.bogus" in text
-    assert "kmeans.k must be >= 1, got 0" in text
+    assert "unknown key data.bogus" in text
+    assert "stage.k must be >= 1, got 0" in text
     assert "train.max_steps must be >= 1, got 0" in text
-    # the stage name is checked once its sections are valid
-    with pytest.raises(ConfigError, match=r"stage 'kmean' is unknown; choices: autoencoder, embed"):
-        stage_cfg("configs/stages/kmeans.yaml", "stage=kmean")
+    # the stage is chosen by name, like an objective: unknown names list the choices
+    with pytest.raises(ConfigError, match=r"unknown stage 'kmean'; choices: autoencoder, embed"):
+        stage_cfg("configs/stages/kmeans.yaml", "stage.name=kmean")
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
@@ -100,4 +100,4 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):
                "--output-dir", str(tmp_path / "run")])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
-    assert err[-1].startswith("error: kmeans.k=10 is larger than the number of points (5)")
+    assert err[-1].startswith("error: stage.k=10 is larger than the number of points (5)")

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 from pipeline.__main__ import main
+from pipeline.chain import MARKER, ChainConfig, run_chain
 from pipeline.config import ConfigError, load_config
-from pipeline.stages.chain import MARKER, ChainConfig, run_chain
 
 CHAIN = "configs/pipeline/ae-kmeans.yaml"
 FAST = {
     "autoencoder": ["train.max_steps=150", "log.plots=false", "log.progress_bar=false"],
-    "kmeans": ["kmeans.n_init=2", "log.plots=false"],
+    "kmeans": ["stage.n_init=2", "log.plots=false"],
 }
 
 
@@ -45,7 +45,7 @@ def test_second_invocation_skips_completed_steps(tmp_path, capsys):
     assert (root / "kmeans" / MARKER).stat().st_mtime_ns == stamp
 
     # a changed downstream step reruns alone
-    third = _run(tmp_path, {**FAST, "kmeans": [*FAST["kmeans"], "kmeans.k=5"]})
+    third = _run(tmp_path, {**FAST, "kmeans": [*FAST["kmeans"], "stage.k=5"]})
     assert [r["status"] for r in third.values()] == ["skipped", "ran"]
     assert third["kmeans"]["metrics"]["k"] == 5
 

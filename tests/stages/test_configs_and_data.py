@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.chain import ChainConfig, _recipe, _schema
 from pipeline.config import describe, load_config
 from pipeline.stages import arrays
-from pipeline.stages.chain import ChainConfig, _recipe, _schema
 from pipeline.stages.schema import StageRunConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,7 +20,7 @@ CHAINS = sorted((REPO / "configs" / "pipeline").glob("*.yaml"))
 @pytest.mark.parametrize("path", STAGES, ids=lambda p: p.name)
 def test_every_stage_recipe_parses(path):
     cfg = load_config(StageRunConfig, path)
-    assert cfg.stage in ("autoencoder", "kmeans", "embed")
+    assert cfg.stage.name in ("autoencoder", "kmeans", "embed")
 
 
 @pytest.mark.parametrize("path", CHAINS, ids=lambda p: p.name)
@@ -37,9 +37,9 @@ def test_every_chain_and_its_steps_parse(path, monkeypatch):
 def test_required_recipes_and_help():
     names = {p.name for p in STAGES}
     assert {"autoencoder.yaml", "denoising-autoencoder.yaml", "kmeans.yaml"} <= names
-    assert load_config(StageRunConfig, REPO / "configs/stages/kmeans.yaml").kmeans.k == 10
+    assert load_config(StageRunConfig, REPO / "configs/stages/kmeans.yaml").stage.k == 10
     lines = describe(StageRunConfig)
-    assert any(line.startswith("kmeans.k (int, default 8): Number of clusters") for line in lines)
+    assert any(line.startswith("  stage.k (int, default 8): Number of clusters") for line in lines)
 
 
 def test_npy_images_and_labels(tmp_path):

@@ -47,8 +47,8 @@ def test_embed_then_kmeans(tiny_export, tmp_path, stage_cfg):
         rows.append({"text": " ".join(rng.choice(words, n)), "topic": topic})
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("\n".join(json.dumps(r) for r in rows))
-    cfg = stage_cfg("configs/stages/embed.yaml", f"embed.model={tiny_export}",
-                    f"data.path={corpus}", "data.label_column=topic", "embed.batch_size=5",
+    cfg = stage_cfg("configs/stages/embed.yaml", f"stage.model={tiny_export}",
+                    f"data.path={corpus}", "data.label_column=topic", "stage.batch_size=5",
                     "data.max_examples=null", name="embed")  # fmt: skip
     assert run_stage(cfg) == pytest.approx({"examples": 24, "dim": 16, "seconds": 0}, abs=60)
     features = np.load(tmp_path / "embed" / "outputs" / "features.npy")
@@ -63,7 +63,7 @@ def test_embed_then_kmeans(tiny_export, tmp_path, stage_cfg):
             hidden = model(**tok(rows[i]["text"], return_tensors="pt")).last_hidden_state
         np.testing.assert_allclose(features[i], hidden[0].mean(0).numpy(), atol=1e-5)
 
-    km = stage_cfg("configs/stages/kmeans.yaml", f"input={tmp_path / 'embed'}", "kmeans.k=2",
+    km = stage_cfg("configs/stages/kmeans.yaml", f"input={tmp_path / 'embed'}", "stage.k=2",
                    "data.scale=none", name="kmeans")  # fmt: skip
     result = run_stage(km)
     # the two topics are found (labels come from data.label_column of the corpus)

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.distributed
 def test_two_processes_give_the_same_centroids_as_one(tmp_path, stage_cfg):
-    overrides = ["kmeans.n_init=3", "log.plots=false"]
+    overrides = ["stage.n_init=3", "log.plots=false"]
     one = run_stage(stage_cfg("configs/stages/kmeans.yaml", *overrides, name="one"))
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -37,7 +37,7 @@ def test_inertia_never_increases_across_lloyd_steps():
 def test_stage_matches_sklearn_on_standardised_digits(stage_cfg):
     # the shipped recipe: standardised digits, k=10, n_init=10, k-means++
     cfg = stage_cfg("configs/stages/kmeans.yaml", "log.plots=false")
-    assert (cfg.kmeans.k, cfg.kmeans.n_init, cfg.kmeans.init) == (10, 10, "k-means++")
+    assert (cfg.stage.k, cfg.stage.n_init, cfg.stage.init) == (10, 10, "k-means++")
     ours = run_stage(cfg)["inertia"]
     theirs = KMeans(10, init="k-means++", n_init=10, random_state=0).fit(_digits()).inertia_
     assert abs(ours / theirs - 1) < 0.005, (ours, theirs)

@@ -27,7 +27,7 @@ def schema_for(path: Path) -> type | None:
 
         return StageRunConfig
     if folder == "pipeline":
-        from pipeline.stages.chain import ChainConfig
+        from pipeline.chain import ChainConfig
 
         return ChainConfig
     return None
@@ -54,7 +54,7 @@ def test_recipe_builds(path):
     overrides = ["model.from_pretrained=runs/tiny/export"] if path.parts[-2] == "finetune" else []
     cfg = load_config(schema, path, overrides)
     if path.parts[-2] == "pipeline":  # a chain: each step's recipe builds too
-        from pipeline.stages.chain import _recipe, _schema
+        from pipeline.chain import _recipe, _schema
 
         for step in cfg.stages:
             load_config(_schema(step.command), _recipe(step, path), list(step.overrides))

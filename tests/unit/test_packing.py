@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.data.packing import pack_ids
+from pipeline.data.packing import BlockTemplate, pack_ids
 
 CLS, SEP = 2, 3
 
@@ -9,7 +9,7 @@ CLS, SEP = 2, 3
 def test_blocks_hold_every_token_once_in_order():
     rng = np.random.default_rng(0)
     docs = [list(rng.integers(10, 100, size=n)) for n in rng.integers(1, 50, size=200)]
-    blocks, dropped = pack_ids(docs, block_size=16, cls_id=CLS, sep_id=SEP)
+    blocks, dropped = pack_ids(docs, block_size=16, template=BlockTemplate(CLS, SEP, SEP))
     assert blocks.shape[1] == 16
     assert (blocks[:, 0] == CLS).all() and (blocks[:, -1] == SEP).all()
     stream = blocks[:, 1:-1].reshape(-1).tolist()
@@ -20,7 +20,9 @@ def test_blocks_hold_every_token_once_in_order():
 
 
 def test_documents_are_separated_by_sep():
-    blocks, dropped = pack_ids([[11, 12], [13], [14, 15, 16]], block_size=5, cls_id=CLS, sep_id=SEP)
+    blocks, dropped = pack_ids(
+        [[11, 12], [13], [14, 15, 16]], block_size=5, template=BlockTemplate(CLS, SEP, SEP)
+    )
     # stream 11 12 SEP 13 SEP 14 15 16 SEP cut into chunks of 3, each wrapped in CLS..SEP
     assert blocks.tolist() == [
         [CLS, 11, 12, SEP, SEP],
@@ -39,15 +41,21 @@ def test_second_preparation_reads_the_cache(tmp_path, monkeypatch):
     texts = [f"chapter {i} and the words of the chapter number {i}" for i in range(300)]
     tok = train_wordpiece(texts, vocab_size=100)
     ds = datasets.Dataset.from_dict({"text": texts})
-    first = packed_blocks(ds, tok, "text", 16, "fingerprint-a", cache_dir=tmp_path)
+    first = packed_blocks(
+        ds, tok, "text", 16, BlockTemplate.of(tok), "fingerprint-a", cache_dir=tmp_path
+    )
     assert len(first) > 0 and len(list((tmp_path).iterdir())) == 1
 
     def no_map(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
     monkeypatch.setattr(datasets.Dataset, "map", no_map)
-    second = packed_blocks(ds, tok, "text", 16, "fingerprint-a", cache_dir=tmp_path)
+    second = packed_blocks(
+        ds, tok, "text", 16, BlockTemplate.of(tok), "fingerprint-a", cache_dir=tmp_path
+    )
     assert second["input_ids"] == first["input_ids"]
     # another block size is another cache entry
     with pytest.raises(AssertionError, match="cache should have been used"):
-        packed_blocks(ds, tok, "text", 32, "fingerprint-a", cache_dir=tmp_path)
+        packed_blocks(
+            ds, tok, "text", 32, BlockTemplate.of(tok), "fingerprint-a", cache_dir=tmp_path
+        )

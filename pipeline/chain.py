@@ -2,7 +2,7 @@
 run folder of the step named by its `input`.
 
     python -m pipeline run configs/pipeline/ae-kmeans.yaml --output-dir runs/chain
-    python -m pipeline run configs/pipeline/ae-kmeans.yaml kmeans.kmeans.k=5 --output-dir ...
+    python -m pipeline run configs/pipeline/ae-kmeans.yaml kmeans.stage.k=5 --output-dir ...
                                                            ^ step name, then the step's key
 
 A step is complete when its folder holds `chain-step.json` whose fingerprint matches the
@@ -161,9 +161,9 @@ def _complete(step: ChainStep, run_dir: Path, fingerprint: str) -> bool:
 
 def _run(command: str, cfg: Any) -> dict[str, float]:
     if command == "train":
-        from pipeline.engine.train import train
+        from pipeline.workflow import train_and_export
 
-        return train(cfg)
+        return train_and_export(cfg)
     from pipeline.stages.runner import run_stage
 
     return run_stage(cfg)
