@@ -205,6 +205,8 @@ def render(cfg: Any, metrics: list[dict], notes: str = "") -> str:
         f"A BERT-style model {what} by the `pipeline` project (Accelerate/DeepSpeed engine); a stock "
         f"`transformers` checkpoint in safetensors.",
         "",
+        f"Task: {task_of(cfg).name}.",
+        "",
         "## Training data",
         *_data_lines(cfg),
         "",

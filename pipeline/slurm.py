@@ -107,13 +107,19 @@ class SbatchPlan:
         return env
 
 
+def strategy_template(strategy: str) -> str | None:
+    """The sbatch template a strategy needs (DeepSpeed: its own launcher), if any."""
+    from pipeline.engine.strategy import strategy_class
+
+    return strategy_class(strategy).slurm_template
+
+
 def choose_template(nodes: int, gpus_per_node: int, strategy: str) -> str:
-    """No GPUs: cpu; DeepSpeed strategy: deepspeed; one node: train; else multinode."""
+    """No GPUs: cpu; a strategy with its own template (DeepSpeed); one node: train; else
+    multinode."""
     if gpus_per_node == 0:
         return "cpu"
-    if strategy == "deepspeed":
-        return "deepspeed"
-    return "train" if nodes == 1 else "multinode"
+    return strategy_template(strategy) or ("train" if nodes == 1 else "multinode")
 
 
 def plan_submission(req: SubmitRequest) -> SbatchPlan:
@@ -292,7 +298,7 @@ def _template_problems(template: str, req: SubmitRequest, gpus: int, strategy: s
             f"the train template runs on one node; for --nodes {req.nodes} use multinode, "
             "torchrun or deepspeed"
         )
-    if template == "deepspeed" and strategy != "deepspeed":
+    if template == "deepspeed" and strategy_template(strategy) != template:
         problems.append("the deepspeed template needs engine.strategy=deepspeed in the config")
     return problems
 

@@ -12,8 +12,8 @@ from pipeline.config import load_config
 from pipeline.ebm.export import load_energy
 from pipeline.ebm.quadrature import grid_energies
 from pipeline.engine.context import EngineContext
-from pipeline.workflow import train_and_export
 from pipeline.train_config import RunConfig
+from pipeline.workflow import train_and_export
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["log.progress_bar=false", "log.trackers=[]", "train.checkpoint_every=100000"]
