@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -76,3 +77,72 @@ def test_bench_gpu_table_on_cpu(tmp_path):
     # the fused and the per-parameter AdamW are the same optimizer: the same losses
     ours, unfused = rows["ours, all features"], rows["- fused AdamW"]
     assert abs(ours["loss"] - unfused["loss"]) < 0.02
+
+
+def _bench_kmeans():
+    spec = importlib.util.spec_from_file_location("bench_kmeans", ROOT / "scripts/bench_kmeans.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_kmeans_side_by_side(tmp_path):
+    """One run: every method at 1 and 2 threads from the same starts, equal inertia checked."""
+    has_faiss = importlib.util.find_spec("faiss") is not None
+    out = _run("bench_kmeans.py", [
+        "--sizes", "3000x8", "--seeds", "2", "--max-iter", "10", "--json", str(tmp_path / "r.json"),
+    ])  # fmt: skip
+    methods = ["ours (torch, Hamerly)", "sklearn lloyd", "sklearn elkan"]
+    if has_faiss:
+        methods.append("faiss-cpu")
+    else:
+        assert "faiss-cpu is not installed" in out
+    assert "load average (1, 5, 15 min) at start" in out
+    assert "| equal inertia (<= 0.5%) | time / ours |" in out
+    for threads in (1, 2):
+        assert f"threads in effect at {threads}: torch {threads}" in out
+        for data in ("digits 1797x64", "3000 x 8"):
+            for method in methods:
+                assert f"| {data} | {threads} | {method} | {threads} |" in out, (data, method)
+            assert f"- {data}, {threads} thread(s): fastest other " in out
+            for method in ("ours k-means++", "sklearn kmeans_plusplus"):
+                assert f"| {data} | {threads} | {method} |" in out
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["methods"] == methods
+    for n in ("1", "2"):  # every pool the run could see was at that many threads
+        assert set(result["threads_in_effect"][n].values()) == {int(n)}
+    rows = result["lloyd"]
+    assert len(rows) == 2 * 2 * len(methods)
+    for r in rows:
+        assert r["runs"] == 2 and r["threads_used"] == [r["threads"]] and r["seconds"] > 0
+        if r["method"] != methods[0]:
+            # the same start and stopping rule: the same final inertia, so every seed counts
+            assert len(r["gaps"]) == 2 and r["equal"] == 2 and r["ratio"] > 0, r
+            assert all(abs(g) < 1e-4 for g in r["gaps"].values()), r
+
+
+def test_bench_kmeans_marks_unequal_inertia():
+    """A seed whose inertia is more than 0.5% from ours is marked and left out of the ratio;
+    a method with no such seed gets no ratio and no place in the headline."""
+    bench = _bench_kmeans()
+    ours = bench.OURS
+
+    def run(method, seed, seconds, inertia):
+        return {"data": "d", "threads": 1, "method": method, "seed": seed, "seconds": seconds,
+                "inertia": inertia, "passes": [5], "threads_used": 1}  # fmt: skip
+
+    runs = [run(ours, s, 1.0, 100.0) for s in range(3)]
+    runs += [run("sklearn lloyd", 0, 3.0, 100.2), run("sklearn lloyd", 1, 0.1, 101.0),
+             run("sklearn lloyd", 2, 2.0, 99.9)]  # fmt: skip
+    runs += [run("sklearn elkan", s, 0.5, 98.0) for s in range(3)]  # fast, 2% better: not equal
+    rows = {r["method"]: r for r in bench.summarise(runs, 0.005)}
+    lloyd, elkan = rows["sklearn lloyd"], rows["sklearn elkan"]
+    assert lloyd["beyond"] == [1] and lloyd["equal"] == 2
+    assert lloyd["ratio"] == 2.5  # median of 3.0 and 2.0; seed 1's 0.1 s does not count
+    assert elkan["beyond"] == [0, 1, 2] and elkan["equal"] == 0 and elkan["ratio"] is None
+    table = "\n".join(bench.lloyd_table(list(rows.values()), 0.005))
+    assert "+1.000% (> 0.5%, seed 1)" in table and "| 2/3 | 2.50x |" in table
+    assert "| 0/3 | n/a: gap > 0.5% |" in table
+    (head,) = bench.headlines(list(rows.values()))
+    assert head["best"] == "sklearn lloyd" and head["ratio"] == 2.5
+    assert head["not_equal"] == ["sklearn elkan"]
