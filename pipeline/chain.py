@@ -23,7 +23,9 @@ from typing import Any, Literal
 
 from pipeline import config as config_lib
 from pipeline.engine.setup import SetupError, launched_world_size
+from pipeline.protocols import RunConfig
 from pipeline.stages.base import outputs_problem
+from pipeline.stages.schema import StageRunConfig
 
 log = logging.getLogger("pipeline")
 MARKER = "chain-step.json"
@@ -159,7 +161,7 @@ def _complete(step: ChainStep, run_dir: Path, fingerprint: str) -> bool:
     return outputs_problem(run_dir) is None
 
 
-def _run(command: str, cfg: Any) -> dict[str, float]:
+def _run(command: str, cfg: RunConfig | StageRunConfig) -> dict[str, float]:
     if command == "train":
         from pipeline.workflow import train_and_export
 

@@ -22,9 +22,10 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from pipeline import config as config_lib
 from pipeline import registry
 from pipeline.objectives.base import Task
+from pipeline.protocols import DataSection, RunConfig
 
 
-def task_of(cfg: Any) -> Task:
+def task_of(cfg: RunConfig) -> Task:
     """What the objective says its export is for (`Objective.task`)."""
     return registry.get("objective", cfg.objective.name).task
 
@@ -53,11 +54,11 @@ def hardware() -> str:
     return f"CPU ({platform.machine() or 'unknown'}, {os.cpu_count()} cores), {procs}"
 
 
-def _is_finetune(cfg: Any) -> bool:
+def _is_finetune(cfg: RunConfig) -> bool:
     return task_of(cfg).finetuned
 
 
-def card_data(cfg: Any, metrics: list[dict]) -> ModelCardData:
+def card_data(cfg: RunConfig, metrics: list[dict]) -> ModelCardData:
     objective = cfg.objective.name
     task = task_of(cfg)
     pipeline_tag, task_name, wanted = task.pipeline_tag, task.name, task.metrics
@@ -96,7 +97,7 @@ def card_data(cfg: Any, metrics: list[dict]) -> ModelCardData:
     )
 
 
-def held_out(d: Any) -> str:
+def held_out(d: DataSection) -> str:
     if d.eval_path:
         return ", ".join(d.eval_path)
     if d.path[0].startswith("embedded:"):
@@ -104,7 +105,7 @@ def held_out(d: Any) -> str:
     return f"{d.eval_fraction:.0%} of the training rows"
 
 
-def _data_lines(cfg: Any) -> list[str]:
+def _data_lines(cfg: RunConfig) -> list[str]:
     d = cfg.data
     where = ", ".join(d.path) + (f" (config `{d.name}`)" if d.name else "")
     lines = [f"- source: {where}, split `{d.split}`, text column `{d.text_column}`"]
@@ -124,7 +125,7 @@ def _data_lines(cfg: Any) -> list[str]:
     return lines
 
 
-def _training_lines(cfg: Any, metrics: list[dict]) -> list[str]:
+def _training_lines(cfg: RunConfig, metrics: list[dict]) -> list[str]:
     train_rows = [m for m in metrics if m.get("split") == "train"]
     last = train_rows[-1] if train_rows else {}
     speeds = [m["tokens_per_s"] for m in train_rows[1:] or train_rows if m.get("tokens_per_s")]
@@ -161,7 +162,7 @@ def _training_lines(cfg: Any, metrics: list[dict]) -> list[str]:
     return lines
 
 
-def _usage(cfg: Any) -> list[str]:
+def _usage(cfg: RunConfig) -> list[str]:
     task = task_of(cfg).pipeline_tag
     example = "In the beginning God created the heaven and the earth."
     if task == "fill-mask":
@@ -176,7 +177,7 @@ def _usage(cfg: Any) -> list[str]:
     ]
 
 
-def render(cfg: Any, metrics: list[dict], notes: str = "") -> str:
+def render(cfg: RunConfig, metrics: list[dict], notes: str = "") -> str:
     data = card_data(cfg, metrics)
     ev = {
         k: v

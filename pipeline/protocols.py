@@ -29,9 +29,15 @@ from pipeline.train_config import (
 
 
 class DataSection(Protocol):
-    """The data keys the engine reads (pretraining and fine-tuning data sections have them)."""
+    """The data keys pretraining and fine-tuning data sections share (the engine reads the
+    last three; the text sources the first six)."""
 
     path: list[str]
+    name: str | None
+    split: str
+    eval_path: list[str] | None
+    eval_fraction: float
+    text_column: str
     streaming: bool
     num_workers: int
     pin_memory: bool

@@ -25,6 +25,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+from transformers import PreTrainedTokenizerBase
 
 PACK_VERSION = 1
 PACK_BATCH = 10_000
@@ -39,7 +40,7 @@ class BlockTemplate:
     end: int
 
     @classmethod
-    def of(cls, tokenizer: Any) -> BlockTemplate:
+    def of(cls, tokenizer: PreTrainedTokenizerBase) -> BlockTemplate:
         """BERT/RoBERTa style: the tokenizer's cls (<s>) starts, sep (</s>) separates and ends."""
         return cls(tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.sep_token_id)
 
@@ -65,7 +66,9 @@ def pack_ids(
     return blocks, len(stream) - n * chunk
 
 
-def tokenize_and_pack_fn(tokenizer: Any, column: str, block_size: int, template: BlockTemplate):
+def tokenize_and_pack_fn(
+    tokenizer: PreTrainedTokenizerBase, column: str, block_size: int, template: BlockTemplate
+):
     def fn(batch: dict[str, list]) -> dict[str, Any]:
         texts = [t for t in batch[column] if isinstance(t, str) and t.strip()]
         ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
@@ -75,14 +78,18 @@ def tokenize_and_pack_fn(tokenizer: Any, column: str, block_size: int, template:
     return fn
 
 
-def tokenizer_fingerprint(tokenizer: Any) -> str:
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
     norm = getattr(getattr(tokenizer, "backend_tokenizer", None), "normalizer", None)
     return hashlib.sha256((vocab + repr(norm) + type(tokenizer).__name__).encode()).hexdigest()
 
 
 def cache_key(
-    source_fingerprint: str, tokenizer: Any, column: str, block_size: int, template: BlockTemplate
+    source_fingerprint: str,
+    tokenizer: PreTrainedTokenizerBase,
+    column: str,
+    block_size: int,
+    template: BlockTemplate,
 ) -> str:
     text = (
         f"v{PACK_VERSION}|{source_fingerprint}|{column}|{block_size}|"
@@ -104,7 +111,7 @@ def num_proc_for(n_rows: int, requested: int | None) -> int | None:
 
 def packed_blocks(
     ds: datasets.Dataset,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     column: str,
     block_size: int,
     template: BlockTemplate,
@@ -140,7 +147,11 @@ def packed_blocks(
 
 
 def packed_stream(
-    ds: Any, tokenizer: Any, column: str, block_size: int, template: BlockTemplate
+    ds: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    column: str,
+    block_size: int,
+    template: BlockTemplate,
 ) -> Any:
     """Streaming counterpart: an IterableDataset of blocks, packed on the fly in batches."""
     columns = list(ds.column_names) if ds.column_names else None

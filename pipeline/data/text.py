@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transformers import PreTrainedTokenizerBase
+
 from pipeline.data import packing, sources
 from pipeline.data.packing import BlockTemplate
 from pipeline.data.sources import DataError, Source
 from pipeline.data.tokenizer import check_tokenizer, load_tokenizer, train_wordpiece
-from pipeline.protocols import RunContext
+from pipeline.protocols import DataSection, RunContext
+from pipeline.train_config import TokenizerConfig
 
 
 @dataclass
@@ -29,7 +32,7 @@ class TextCorpus:
     eval_source: Source | None
 
 
-def resolve_sources(data_cfg: Any) -> tuple[Source, Source | None]:
+def resolve_sources(data_cfg: DataSection) -> tuple[Source, Source | None]:
     train = sources.resolve(data_cfg.path, data_cfg.name, data_cfg.split)
     if data_cfg.eval_path:
         paths = list(data_cfg.eval_path)
@@ -107,7 +110,7 @@ def get_tokenizer(ctx: RunContext, corpus: TextCorpus, need_mask: bool = True) -
     return tok
 
 
-def trained_tokenizer_dir(source: Source, tok_cfg: Any, column: str) -> Path:
+def trained_tokenizer_dir(source: Source, tok_cfg: TokenizerConfig, column: str) -> Path:
     key = f"{source.fingerprint()}|{column}|{tok_cfg.vocab_size}|{tok_cfg.lowercase}|{tok_cfg.train_examples}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     folder = packing.default_cache_dir().parent / "tokenizers" / digest
@@ -128,7 +131,7 @@ def _first_texts(ds: Any, column: str, limit: int):
 
 
 def packed(
-    ctx: RunContext, corpus: TextCorpus, tokenizer: Any, template: BlockTemplate
+    ctx: RunContext, corpus: TextCorpus, tokenizer: PreTrainedTokenizerBase, template: BlockTemplate
 ) -> tuple[Any, Any | None]:
     """(train blocks, eval blocks) of `data.block_size` tokens laid out by the model family's
     `template`; cached on disk."""

@@ -14,7 +14,7 @@ IterableDataset's `state_dict()`, saved in the checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
 import torch
@@ -45,7 +45,7 @@ class StepBatches(Dataset):
 
     def __init__(
         self,
-        data: Any,
+        data: Sized,
         collate: Callable[[dict, torch.Generator], dict],
         *,
         seed: int,

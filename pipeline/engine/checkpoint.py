@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def write_atomic(
 
 
 def save(
-    accelerator: Any,
+    accelerator: Accelerator,
     run_dir: str | Path,
     step: int,
     trainer_state: dict[str, Any],
@@ -243,7 +244,7 @@ def full_weights(folder: Path) -> dict[str, torch.Tensor]:
     return consolidated_state_dict(folder)
 
 
-def load(accelerator: Any, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def load(accelerator: Accelerator, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Restore model/optimizer into the prepared objects; return (trainer_state, rank_state)."""
     trainer_state = json.loads((folder / TRAINER_STATE).read_text())
     saved_world = trainer_state.get("world_size")

@@ -33,14 +33,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from torch import nn
 
 from pipeline.engine.launch import SetupError, launched_world_size, mixed_precision
 from pipeline.engine.strategy import Strategy
+from pipeline.protocols import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ def load_json(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def resolve(raw: dict[str, Any], cfg: Any, accumulation: int, world: int) -> dict[str, Any]:
+def resolve(raw: dict[str, Any], cfg: RunConfig, accumulation: int, world: int) -> dict[str, Any]:
     """Fill the "auto" values of a DeepSpeed config from the run config and check the rest.
 
     Collects every problem and raises once. Returns a new dict, ready for DeepSpeedPlugin."""
@@ -164,7 +167,7 @@ def _device(section: Any) -> str:
     return str(section.get("device", "none")) if isinstance(section, dict) else "?"
 
 
-def _check_optimizer(section: Any, cfg: Any) -> list[str]:
+def _check_optimizer(section: Any, cfg: RunConfig) -> list[str]:
     if section is None:
         return []
     kind = str(section.get("type", "")).lower()
@@ -188,7 +191,7 @@ def _check_optimizer(section: Any, cfg: Any) -> list[str]:
     return problems
 
 
-def _check_scheduler(section: Any, cfg: Any) -> list[str]:
+def _check_scheduler(section: Any, cfg: RunConfig) -> list[str]:
     if section is None:
         return []
     expected = SCHEDULERS[cfg.optim.schedule]
@@ -220,7 +223,7 @@ def _autos(node: Any, prefix: str = "", skip: set[str] = frozenset()) -> list[st
     return [key] if node == AUTO and key not in skip else []
 
 
-def config_path(cfg: Any) -> str:
+def config_path(cfg: RunConfig) -> str:
     """engine.deepspeed_config, else the JSON named by an accelerate config file."""
     import os
 
@@ -266,7 +269,7 @@ def fill_model_sizes(zero: dict[str, Any], module: nn.Module) -> None:
             zero[key] = value if value is not None else BUCKET_DEFAULTS[key]
 
 
-def zero_stage(accelerator: Any) -> int | None:
+def zero_stage(accelerator: Accelerator) -> int | None:
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     return None if plugin is None else plugin.deepspeed_config["zero_optimization"]["stage"]
 
@@ -333,7 +336,7 @@ class DeepSpeedStrategy(Strategy):
     name = "deepspeed"
     slurm_template = "deepspeed"
 
-    def __init__(self, cfg: Any, accumulation: int):
+    def __init__(self, cfg: RunConfig, accumulation: int):
         super().__init__(cfg, accumulation)
         import warnings
 
@@ -361,11 +364,13 @@ class DeepSpeedStrategy(Strategy):
         plugin = DeepSpeedPlugin(hf_ds_config=self.ds_config, zero3_init_flag=False)
         return {"cpu": False, "deepspeed_plugin": plugin}
 
-    def before_prepare(self, accelerator: Any, module: nn.Module) -> None:
+    def before_prepare(self, accelerator: Accelerator, module: nn.Module) -> None:
         zero = accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]
         fill_model_sizes(zero, module)  # "auto" bucket sizes follow the hidden size
 
-    def prepare(self, accelerator: Any, module: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
+    def prepare(
+        self, accelerator: Accelerator, module: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[nn.Module, Any]:
         module, optimizer = super().prepare(accelerator, module, optimizer)
         self.engine = module  # the DeepSpeedEngine
         return module, optimizer
@@ -410,7 +415,7 @@ class DeepSpeedStrategy(Strategy):
         # ZeRO-3 parameters are shards, and bf16 ones are not the fp32 master: gather the master
         return full_fp32_state_dict(module)
 
-    def build_unsharded(self, build: Any) -> nn.Module:
+    def build_unsharded(self, build: Callable[[], nn.Module]) -> nn.Module:
         plugin = self.accelerator.state.deepspeed_plugin
         with plugin.zero3_init_context_manager(enable=False):
             return build()

@@ -17,9 +17,12 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from pipeline.train_config import TrainConfig
 
 log = logging.getLogger("pipeline")
 
@@ -84,7 +87,7 @@ class BadStepCounter:
     def good(self) -> None:
         self.in_a_row = 0
 
-    def stop_message(self, step: int, run_dir: Any) -> str:
+    def stop_message(self, step: int, run_dir: str | Path) -> str:
         if self.on_nonfinite == "stop" and self.in_a_row < self.max_bad_steps:
             why = "non-finite loss or gradient and train.on_nonfinite=stop"
         else:
@@ -112,7 +115,7 @@ class LossVerdict:
 class StepGuards:
     """Non-finite and loss-spike guards of the loop; `bad()` says when to stop instead."""
 
-    def __init__(self, train_cfg: Any, is_main: bool = True) -> None:
+    def __init__(self, train_cfg: TrainConfig, is_main: bool = True) -> None:
         self.counter = BadStepCounter(train_cfg.on_nonfinite, train_cfg.max_bad_steps)
         self.spikes = LossSpikeDetector(train_cfg.loss_spike_window, train_cfg.loss_spike_zscore)
         self.is_main = is_main
@@ -151,7 +154,7 @@ class StepGuards:
         self.counter.good()
         self.spikes.update(mean_loss)
 
-    def stop_message(self, step: int, run_dir: Any) -> str:
+    def stop_message(self, step: int, run_dir: str | Path) -> str:
         return self.counter.stop_message(step, run_dir)
 
     def state_dict(self) -> dict[str, Any]:

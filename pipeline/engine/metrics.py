@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 
 # dense bf16 peak FLOP/s per device (no sparsity), matched against torch.cuda.get_device_name()
 PEAK_FLOPS = {
@@ -48,7 +49,7 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 1024 if sys.platform != "darwin" else rss / 2**20
 
 
-def peak_memory_by_rank(accelerator: Any) -> dict[str, Any]:
+def peak_memory_by_rank(accelerator: Accelerator) -> dict[str, Any]:
     """Collective. {"peak_mem_mb_max": largest process, "peak_mem_mb_ranks": [rank 0, 1, ...]}.
 
     ZeRO's point is per-process memory. GPU: `torch.cuda.max_memory_allocated` (tensors only).
@@ -101,7 +102,7 @@ class Averager:
             self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
         self.n += 1
 
-    def reduce(self, accelerator: Any) -> dict[str, float]:
+    def reduce(self, accelerator: Accelerator) -> dict[str, float]:
         if not self.n:
             return {}
         keys = sorted(self.sums)
@@ -111,7 +112,7 @@ class Averager:
         return {k: float(v) for k, v in zip(keys, mean.tolist())}
 
 
-def write_run_info(run_dir: Path, accelerator: Any, accumulation: int) -> None:
+def write_run_info(run_dir: Path, accelerator: Accelerator, accumulation: int) -> None:
     """RUN_DIR/run_info.json: how the run was launched (tests and users check the layout)."""
     import platform
 
@@ -144,7 +145,7 @@ class TrainLog:
     def __init__(
         self,
         metrics_log: MetricsLog,
-        accelerator: Any,
+        accelerator: Accelerator,
         summarize: Callable[[dict[str, float]], dict[str, float]],
         tokens_per_step: int,
         flops_per_step: float,

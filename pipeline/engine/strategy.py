@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -101,7 +102,7 @@ class Strategy:
         the unwrapped module already holds them (DDP)."""
         return None
 
-    def build_unsharded(self, build: Any) -> nn.Module:
+    def build_unsharded(self, build: Callable[[], nn.Module]) -> nn.Module:
         """Call `build()` to make a plain, unsharded copy of the module (for the export)."""
         return build()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from pipeline import registry
 from pipeline.config import ConfigError
@@ -53,12 +54,12 @@ class ModelFamily:
     """The stock bare encoder class (`*Model`), for objectives that need no LM head."""
 
     @classmethod
-    def hf_config(cls, cfg: Any, vocab_size: int, pad_token_id: int) -> Any:
+    def hf_config(cls, cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> Any:
         """The transformers config of this size preset with `cfg.overrides` applied."""
         raise NotImplementedError
 
     @classmethod
-    def build_masked_lm(cls, cfg: Any, vocab_size: int, pad_token_id: int) -> nn.Module:
+    def build_masked_lm(cls, cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> nn.Module:
         if cfg.from_pretrained:
             # trust_remote_code stays off: only stock transformers classes are loaded
             return cls.masked_lm_class.from_pretrained(
@@ -69,7 +70,7 @@ class ModelFamily:
         return cls.masked_lm_class(config)
 
     @classmethod
-    def build_encoder(cls, cfg: Any, vocab_size: int, pad_token_id: int) -> nn.Module:
+    def build_encoder(cls, cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> nn.Module:
         if cfg.from_pretrained:
             return cls.encoder_class.from_pretrained(
                 cfg.from_pretrained, attn_implementation=cfg.attn_implementation,
@@ -121,7 +122,7 @@ class ModelFamily:
         return 6.0 * linear_parameters(encoder) + attention
 
     @staticmethod
-    def block_template(tokenizer: Any) -> BlockTemplate:
+    def block_template(tokenizer: PreTrainedTokenizerBase) -> BlockTemplate:
         """BERT/RoBERTa style: the tokenizer's cls (<s>) starts, sep (</s>) separates and ends."""
         return BlockTemplate.of(tokenizer)
 

@@ -15,7 +15,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from pipeline.stages.base import (
     metrics_log,
     save_checkpoint,
 )
+from pipeline.stages.schema import StageRunConfig
 from pipeline.train_config import StageConfig
 
 log = logging.getLogger("pipeline")
@@ -89,7 +90,7 @@ class AutoencoderConfig(StageConfig):
 class AutoencoderStage(Stage):
     Config = AutoencoderConfig
 
-    def run(self, cfg: Any, run_dir: Path) -> dict[str, float]:
+    def run(self, cfg: StageRunConfig, run_dir: Path) -> dict[str, float]:
         ac: AutoencoderConfig = cfg.stage
         tc = cfg.train
         if self.comm.world > 1:

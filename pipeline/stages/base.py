@@ -21,6 +21,7 @@ from pipeline.engine import checkpoint
 from pipeline.engine.metrics import MetricsLog
 from pipeline.stages import arrays
 from pipeline.stages.dist import Comm
+from pipeline.stages.schema import StageRunConfig
 
 OUTPUTS = "outputs"
 
@@ -33,7 +34,7 @@ class Stage:
     def __init__(self, comm: Comm):
         self.comm = comm
 
-    def run(self, cfg: Any, run_dir: Path) -> dict[str, float]:
+    def run(self, cfg: StageRunConfig, run_dir: Path) -> dict[str, float]:
         raise NotImplementedError
 
 
@@ -81,7 +82,7 @@ def upstream(run_dir: str | Path, mmap: bool = False) -> arrays.ArrayData:
     return arrays.load_outputs(run_dir / OUTPUTS, mmap=mmap)
 
 
-def load_data(cfg: Any) -> arrays.ArrayData:
+def load_data(cfg: StageRunConfig) -> arrays.ArrayData:
     """`input` (an upstream run folder) when set, else `data.path`; checked and scaled."""
     if cfg.input:
         data = upstream(cfg.input, mmap=cfg.data.mmap)

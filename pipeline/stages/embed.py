@@ -21,6 +21,7 @@ from pipeline.data.sources import DataError
 from pipeline.registry import register
 from pipeline.stages import arrays, pictures
 from pipeline.stages.base import Stage, begin_outputs, finish_outputs, metrics_log
+from pipeline.stages.schema import StageRunConfig
 from pipeline.train_config import StageConfig
 
 log = logging.getLogger("pipeline")
@@ -48,7 +49,7 @@ class EmbedConfig(StageConfig):
         return problems
 
 
-def model_folder(cfg: Any) -> str:
+def model_folder(cfg: StageRunConfig) -> str:
     """embed.model, else INPUT/export; a clear error when neither exists."""
     if cfg.stage.model:
         return cfg.stage.model
@@ -69,7 +70,7 @@ def model_folder(cfg: Any) -> str:
 class EmbedStage(Stage):
     Config = EmbedConfig
 
-    def run(self, cfg: Any, run_dir: Path) -> dict[str, float]:
+    def run(self, cfg: StageRunConfig, run_dir: Path) -> dict[str, float]:
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 

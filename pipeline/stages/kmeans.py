@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from pipeline.registry import register
 from pipeline.stages import kmeans_ops as ops
 from pipeline.stages import pictures
 from pipeline.stages.base import Stage, begin_outputs, finish_outputs, load_data, metrics_log
+from pipeline.stages.schema import StageRunConfig
 from pipeline.train_config import StageConfig
 
 log = logging.getLogger("pipeline")
@@ -70,7 +71,7 @@ class KMeansConfig(StageConfig):
 class KMeansStage(Stage):
     Config = KMeansConfig
 
-    def run(self, cfg: Any, run_dir: Path) -> dict[str, float]:
+    def run(self, cfg: StageRunConfig, run_dir: Path) -> dict[str, float]:
         kc: KMeansConfig = cfg.stage
         comm = self.comm
         data = load_data(cfg)
