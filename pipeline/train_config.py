@@ -47,7 +47,14 @@ class DataConfig:
     text_column: str = "text"
     """Column holding the text."""
     streaming: bool = False
-    """Stream the corpus (larger than memory or disk); each process reads its own shard."""
+    """Stream the corpus (larger than memory or disk); each process reads its own share of the
+    documents (its shards, or every world_size-th document when there are fewer shards)."""
+    shuffle_buffer: int = 0
+    """Streaming: blocks pass through a seeded shuffle buffer of this many blocks (0 = stream
+    order); its contents are saved in checkpoints, so a resume continues exactly."""
+    eval_documents: int = 1000
+    """Streaming without data.eval_path: the first this-many documents of the stream are held
+    out for evaluation (and not trained on); 0 = no evaluation."""
     block_size: int = 128
     """Tokens per training sequence, [CLS] and [SEP] included."""
     cache_dir: str | None = None
@@ -55,14 +62,17 @@ class DataConfig:
     num_proc: int | None = None
     """Processes for tokenization (default: all cores, at most 8)."""
     num_workers: int = 0
-    """DataLoader worker processes (0 = in the training process); each prefetches 4 batches."""
+    """DataLoader worker processes (0 = in the training process); each prefetches 4 batches.
+    Streaming: the workers also tokenize and pack, each its own share of the process's stream."""
     pin_memory: bool = True
     """Page-locked host batches for asynchronous copies to the GPU (CUDA only)."""
     max_eval_examples: int = 1024
     """At most this many held-out examples (blocks) are evaluated."""
 
     def validate(self) -> list[str]:
-        problems = source_problems(self)
+        problems = source_problems(self) + check_minimums(
+            self, {"shuffle_buffer": 0, "eval_documents": 0}
+        )
         if self.block_size < 8:
             problems.append(f"block_size must be at least 8, got {self.block_size}")
         return problems

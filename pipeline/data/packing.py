@@ -144,20 +144,3 @@ def packed_blocks(
     except OSError:  # another run finished the same cache first
         shutil.rmtree(tmp, ignore_errors=True)
     return datasets.load_from_disk(str(folder))
-
-
-def packed_stream(
-    ds: Any,
-    tokenizer: PreTrainedTokenizerBase,
-    column: str,
-    block_size: int,
-    template: BlockTemplate,
-) -> Any:
-    """Streaming counterpart: an IterableDataset of blocks, packed on the fly in batches."""
-    columns = list(ds.column_names) if ds.column_names else None
-    return ds.map(
-        tokenize_and_pack_fn(tokenizer, column, block_size, template),
-        batched=True,
-        batch_size=1000,
-        remove_columns=columns,
-    )

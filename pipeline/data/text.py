@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from pipeline.data import packing, sources
+from pipeline.data import packing, sources, streaming
 from pipeline.data.packing import BlockTemplate
 from pipeline.data.sources import DataError, Source
 from pipeline.data.tokenizer import check_tokenizer, load_tokenizer, train_wordpiece
@@ -137,17 +137,7 @@ def packed(
     `template`; cached on disk."""
     d = ctx.cfg.data
     if d.streaming:
-        from datasets.distributed import split_dataset_by_node
-
-        shard = split_dataset_by_node(corpus.train, rank=ctx.rank, world_size=ctx.world_size)
-        train = packing.packed_stream(shard, tokenizer, d.text_column, d.block_size, template)
-        ev = None
-        if corpus.eval is not None:
-            blocks = packing.packed_stream(
-                corpus.eval, tokenizer, d.text_column, d.block_size, template
-            )
-            ev = _materialize(blocks, d.max_eval_examples)
-        return train, ev
+        return _streamed(ctx, corpus, tokenizer, template)
     with ctx.main_first():
         train = packing.packed_blocks(
             corpus.train,
@@ -181,8 +171,24 @@ def packed(
     return train.with_format("torch"), (ev.with_format("torch") if ev is not None else None)
 
 
-def _materialize(stream: Any, limit: int) -> Any:
-    import datasets
-
-    rows = [row["input_ids"] for _, row in zip(range(limit), stream)]
-    return datasets.Dataset.from_dict({"input_ids": rows}).with_format("torch") if rows else None
+def _streamed(
+    ctx: RunContext, corpus: TextCorpus, tokenizer: PreTrainedTokenizerBase,
+    template: BlockTemplate,
+) -> tuple[Any, Any | None]:  # fmt: skip
+    """(this process's BlockStream, held-out blocks): the eval source when there is one, else
+    the first data.eval_documents documents of the stream, which training then skips."""
+    d = ctx.cfg.data
+    docs, held_out = corpus.train, corpus.eval
+    if held_out is None and d.eval_documents:
+        held_out, docs = docs.take(d.eval_documents), docs.skip(d.eval_documents)
+    ev = None
+    if held_out is not None:
+        blocks = streaming.packed_documents(
+            held_out, tokenizer, d.text_column, d.block_size, template
+        )
+        ev = streaming.materialize(blocks, d.max_eval_examples)
+    train = streaming.BlockStream(
+        docs, tokenizer, d.text_column, d.block_size, template, shuffle_buffer=d.shuffle_buffer,
+        seed=ctx.cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size,
+    )  # fmt: skip
+    return train, ev

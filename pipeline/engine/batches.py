@@ -8,8 +8,13 @@ beyond that counter, at any number of DataLoader workers, and with train.global_
 the same examples at any process count. Each micro batch is collated with its own generator
 seeded from (seed, b, j, r): masks and noise are the same after a resume.
 
-Streaming data: each process reads its own shard of the stream in order; the position is the
-IterableDataset's `state_dict()`, saved in the checkpoint.
+Streaming data (pipeline/data/streaming.py): each process reads its own share of the stream;
+micro batches come from torchdata's StatefulDataLoader, whose `state_dict()` holds the stream
+position of every DataLoader worker (shuffle buffer included); it is saved in the checkpoint.
+The n-th micro batch of a process is collated with a generator seeded from (seed, n, rank).
+
+DataLoaders get their own seeded generator: left to themselves they draw a seed from the
+global torch RNG when iteration starts, which a resumed run would draw at another point.
 """
 
 from __future__ import annotations
@@ -111,24 +116,50 @@ def micro_batches(
         pin_memory=pin_memory,
         prefetch_factor=4 if num_workers else None,
         persistent_workers=False,
+        generator=generator_for(batches.seed, 6),
     )
     return iter(loader)
 
 
-class StreamBatches:
-    """Micro batches from this process's shard of a stream; `state_dict()` is the position."""
+def stack_rows(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Rows of a stream -> columns (a module-level function: DataLoader workers pickle it)."""
+    return {k: torch.stack([torch.as_tensor(r[k]) for r in rows]) for k in rows[0]}
 
-    def __init__(self, stream: Any, collate: Callable, *, seed: int, micro_batch: int, rank: int):
-        self.stream, self.collate = stream, collate
-        self.seed, self.micro, self.rank = seed, micro_batch, rank
+
+class StreamBatches:
+    """Micro batches from this process's stream (an endless IterableDataset with state, e.g.
+    `data.streaming.BlockStream`); `state_dict()` is the exact position."""
+
+    def __init__(
+        self, stream: Any, collate: Callable, *, seed: int, micro_batch: int, rank: int,
+        num_workers: int = 0, snapshot_every: int = 1, pin_memory: bool = False,
+    ):  # fmt: skip
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        if not callable(getattr(stream, "state_dict", None)):
+            from pipeline.engine.launch import SetupError
+
+            raise SetupError(
+                f"the training stream ({type(stream).__name__}) has no state_dict(): it cannot be "
+                "resumed, so it cannot be read by DataLoader workers or checkpointed; "
+                "use data.num_workers=0 and a resumable stream"
+            )
+        self.collate, self.seed, self.rank = collate, seed, rank
         self.count = 0
+        # workers send their stream state with a batch every `snapshot_every` batches; a
+        # resume replays at most that many (the engine aligns it with the checkpoints)
+        self.loader = StatefulDataLoader(
+            stream, batch_size=micro_batch, collate_fn=stack_rows, num_workers=num_workers,
+            prefetch_factor=4 if num_workers else None, pin_memory=pin_memory,
+            snapshot_every_n_steps=snapshot_every, generator=generator_for(seed, 7),
+        )  # fmt: skip
         self._it: Iterator | None = None
 
     def state_dict(self) -> dict:
-        return {"stream": self.stream.state_dict(), "count": self.count}
+        return {"loader": self.loader.state_dict(), "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
-        self.stream.load_state_dict(state["stream"])
+        self.loader.load_state_dict(state["loader"])
         self.count = state["count"]
         self._it = None
 
@@ -137,16 +168,9 @@ class StreamBatches:
 
     def __next__(self) -> dict:
         if self._it is None:
-            self._it = iter(self.stream)
-        rows = []
-        for _ in range(self.micro):
-            try:
-                rows.append(next(self._it))
-            except StopIteration:
-                self._it = iter(self.stream)  # next epoch of the stream
-                rows.append(next(self._it))
-        columns = {k: [r[k] for r in rows] for k in rows[0]}
-        batch = self.collate(columns, generator_for(self.seed, self.count, 0, self.rank, 3))
+            self._it = iter(self.loader)
+        rows = next(self._it)
+        batch = self.collate(rows, generator_for(self.seed, self.count, 0, self.rank, 3))
         self.count += 1
         return batch
 

@@ -318,9 +318,13 @@ class Trainer:
 
     def _batches(self, stream_state: Any) -> Any:
         cfg, micro = self.cfg, self.cfg.train.micro_batch_size
+        pin = cfg.data.pin_memory and self.accelerator.device.type == "cuda"
         if cfg.data.streaming:
-            batches = StreamBatches(self.data.train, self.objective.collate, seed=cfg.train.seed,
-                                    micro_batch=micro, rank=self.ctx.rank)  # fmt: skip
+            batches = StreamBatches(
+                self.data.train, self.objective.collate, seed=cfg.train.seed, micro_batch=micro,
+                rank=self.ctx.rank, num_workers=cfg.data.num_workers, pin_memory=pin,
+                snapshot_every=cfg.train.checkpoint_every * self.accum,
+            )  # fmt: skip
             if stream_state is not None:
                 batches.load_state_dict(stream_state)
             return batches
@@ -328,7 +332,6 @@ class Trainer:
             self.data.train, self.objective.collate, seed=cfg.train.seed, micro_batch=micro,
             accumulation=self.accum, rank=self.ctx.rank, world=self.ctx.world_size,
         )  # fmt: skip
-        pin = cfg.data.pin_memory and self.accelerator.device.type == "cuda"
         return micro_batches(batches, self.state.batches, cfg.data.num_workers, pin_memory=pin)
 
     def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
