@@ -11,7 +11,7 @@ import torch
 
 from pipeline import config as config_lib
 from pipeline import registry
-from pipeline.engine import checkpoint
+from pipeline.engine import checkpoint, elastic
 from pipeline.engine.context import EngineContext
 from pipeline.engine.metrics import read_metrics
 from pipeline.protocols import Objective, RunContext
@@ -64,7 +64,7 @@ def export_run(run_dir: str | Path, checkpoint_dir: str | Path | None = None) ->
     problem = checkpoint.verify(source)
     if problem:
         raise ExportError(f"cannot export: {problem}")
-    state = checkpoint.full_weights(source)  # Accelerate's safetensors or ZeRO shards
+    state = elastic.full_weights(source)  # Accelerate's safetensors or ZeRO shards
     ctx = EngineContext(cfg=cfg, run_dir=run_dir, accelerator=Accelerator(cpu=True))
     if (run_dir / "tokenizer").is_dir():
         ctx.tokenizer = load_tokenizer(str(run_dir / "tokenizer"))

@@ -80,7 +80,8 @@ class RunContext(Protocol):
     def plots_dir(self) -> Path: ...
 
     def main_first(self) -> AbstractContextManager[Any]:
-        """The main process does the work (and fills caches) while the others wait."""
+        """The main process does the work (and fills caches) while the others wait; then each
+        other node's main process where its own cache lacks it."""
         ...
 
 

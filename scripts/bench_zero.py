@@ -1,15 +1,17 @@
 #!/usr/bin/env python
-"""Per-process peak memory and step time: DDP vs ZeRO-1/2/3 (and ZeRO-3 with CPU offload).
+"""Per-process memory and step time of DDP, ZeRO-1/2/3 and ZeRO-3 + CPU offload, 2 processes.
 
-Every strategy trains the same model on the same data with the same global batch, launched
-with torchrun; the numbers come from each run's metrics.jsonl (peak_mem_mb_ranks, step_time_s).
+    python scripts/bench_zero.py                          # BERT-large, seq 128, micro batch 2
+    python scripts/bench_zero.py --preset base --steps 3  # quicker
+    python scripts/bench_zero.py --checkpointing          # + activation checkpointing rows
 
-    python scripts/bench_zero.py                      # CPU: BERT-small, 2 processes
-    python scripts/bench_zero.py --preset base large  # GPU: one table per model
-
-Memory is `torch.cuda.max_memory_allocated` on GPU; on CPU it is each process's peak resident
-set, which includes ~0.7 GB of interpreter and libraries and the full model every process
-builds before DeepSpeed partitions it, so ZeRO's savings show less there than on a GPU.
+Every configuration trains the same model on the same batches in its own launch
+(`accelerate launch`, 2 processes; DeepSpeed on CPU with DS_ACCELERATOR=cpu here), and the table
+reads what the engine itself records: the parameters each process holds right after the model
+is built and its peak memory by then (RUN_DIR/run_info.json: `parameters`, `init_peak_mem_mb`:
+ZeRO-3 builds the model partitioned), and the peak memory of each process after the timed steps
+and their median step time (metrics.jsonl). On CPU, memory is the process's peak resident set
+(interpreter and libraries included, ~0.6 GB of it); on GPU torch's peak allocated memory.
 """
 
 from __future__ import annotations
@@ -22,20 +24,34 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STRATEGIES = {
-    "ddp": ["engine.strategy=ddp"],
-    "zero1": ["engine.strategy=deepspeed", "engine.deepspeed_config=configs/deepspeed/zero1.json"],
-    "zero2": ["engine.strategy=deepspeed", "engine.deepspeed_config=configs/deepspeed/zero2.json"],
-    "zero3": ["engine.strategy=deepspeed", "engine.deepspeed_config=configs/deepspeed/zero3.json"],
-    "zero3-offload": [
-        "engine.strategy=deepspeed",
-        "engine.deepspeed_config=configs/deepspeed/zero3-offload.json",
-    ],
-}
+sys.path.insert(0, str(ROOT))
+
+from pipeline.bench import report  # noqa: E402
+
+CONFIGS = {
+    "DDP": ("ddp-cpu.yaml", ["engine.strategy=ddp"]),
+    "ZeRO-1": ("deepspeed.yaml", ["engine.strategy=deepspeed", "engine.deepspeed_config=configs/deepspeed/zero1.json"]),
+    "ZeRO-2": ("deepspeed.yaml", ["engine.strategy=deepspeed", "engine.deepspeed_config=configs/deepspeed/zero2.json"]),
+    "ZeRO-3": ("deepspeed.yaml", ["engine.strategy=deepspeed", "engine.deepspeed_config=configs/deepspeed/zero3.json"]),
+    "ZeRO-3 + offload": ("deepspeed.yaml", ["engine.strategy=deepspeed", "engine.deepspeed_config=configs/deepspeed/zero3-offload.json"]),
+}  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--preset", default="large", help="BERT size preset (default large, 335M)")
+    p.add_argument("--block", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--micro-batch", type=int, default=2, help="examples per process per step")
+    p.add_argument("--steps", type=int, default=4, help="optimizer steps (the first is not timed)")
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--checkpointing", action="store_true",
+                   help="also run DDP and ZeRO-3 with model.gradient_checkpointing=true")  # fmt: skip
+    p.add_argument("--out", type=Path, default=None, help="work folder (default: a temp folder)")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    return p.parse_args(argv)
 
 
 def free_port() -> int:
@@ -44,40 +60,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_one(name: str, args: argparse.Namespace, preset: str, out: Path) -> dict:
-    run_dir = out / f"{preset}-{name}"
+def launch(name: str, accelerate_yaml: str, overrides: list[str], args, out: Path) -> dict:
+    run_dir = out / name.replace(" ", "").replace("+", "-")
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
-        "--master_port", str(free_port()), "-m", "pipeline", "train", "configs/mlm/tiny.yaml",
-        f"model.preset={preset}", "model.max_position_embeddings=512", "model.dropout=0.0",
-        f"data.block_size={args.block}", f"train.micro_batch_size={args.micro_batch}",
-        f"train.max_steps={args.steps}", "train.log_every=1", "train.eval_every=0",
-        f"train.checkpoint_every={args.steps + 1}", "train.export=false",
-        "data.max_eval_examples=8", "log.progress_bar=false", "log.plots=false",
-        "log.trackers=[]", *STRATEGIES[name], "--output-dir", str(run_dir),
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(ROOT / "configs" / "accelerate" / accelerate_yaml),
+        "--num_processes", "2", "--main_process_port", str(free_port()),
+        "-m", "pipeline", "train", "configs/mlm/tiny.yaml",
+        f"model.preset={args.preset}", f"data.block_size={args.block}",
+        f"model.max_position_embeddings={max(512, args.block)}", "tokenizer.vocab_size=30522",
+        f"train.micro_batch_size={args.micro_batch}", f"train.max_steps={args.steps}",
+        "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=100000",
+        "train.export=false", "log.plots=false", "log.progress_bar=false", "log.trackers=[]",
+        *overrides, "--output-dir", str(run_dir),
     ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    env.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
-    start = time.time()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")  # fmt: skip
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("DS_ACCELERATOR", "cuda" if _has_cuda() else "cpu")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    (out / f"{preset}-{name}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        return {
-            "strategy": name,
-            "error": f"exit {proc.returncode} (see {out}/{preset}-{name}.log)",
-        }
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
-    train = [m for m in lines if m["split"] == "train"]
-    # the first steps include warm-up (allocations, DeepSpeed's first gathers)
-    timed = [m["step_time_s"] for m in train[args.warmup :]] or [train[-1]["step_time_s"]]
-    last = train[-1]
+        return {"config": name, "error": proc.stderr.strip().splitlines()[-1][:120]}
+    info = json.loads((run_dir / "run_info.json").read_text())
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    held = info["parameters"]["held_per_process"]
     return {
-        "strategy": name,
-        "peak_ranks": last["peak_mem_mb_ranks"],
-        "step_s": statistics.median(timed),
-        "tokens_s": statistics.median(m["tokens_per_s"] for m in train[args.warmup :] or train),
-        "loss": last["loss"],
-        "wall_s": time.time() - start,
+        "config": name,
+        "parameters": info["parameters"]["total"],
+        "held_per_process": held,
+        "init_peak_mb": max(info["init_peak_mem_mb"]),
+        "peak_mb": train[-1]["peak_mem_mb_max"],
+        "step_s": statistics.median(r["step_time_s"] for r in train[1:])
+        if len(train) > 1
+        else None,
+        "loss": train[-1]["loss"],
     }
 
 
@@ -87,57 +104,43 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def table(preset: str, rows: list[dict], args: argparse.Namespace) -> str:
-    device = "GPU" if _has_cuda() else "CPU"
-    head = (
-        f"\nBERT-{preset}, {args.nproc} processes, {device}, micro batch {args.micro_batch} x "
-        f"{args.block} tokens, median of steps {args.warmup + 1}-{args.steps}\n"
-    )
-    ranks = " | ".join(f"peak MB r{i}" for i in range(args.nproc))
-    lines = [f"| strategy | {ranks} | step s | tokens/s | loss@{args.steps} |",
-             "|" + "---|" * (args.nproc + 4)]  # fmt: skip
-    for r in rows:
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out = args.out or Path(tempfile.mkdtemp(prefix="bench-zero-"))
+    runs = [(n, *CONFIGS[n], []) for n in args.configs]
+    if args.checkpointing:
+        for n in ("DDP", "ZeRO-3"):
+            runs.append(
+                (f"{n} + checkpointing", *CONFIGS[n], ["model.gradient_checkpointing=true"])
+            )
+    results = []
+    for name, yaml_name, overrides, extra in runs:
+        print(f"  {name} ...", flush=True)
+        results.append(launch(name, yaml_name, [*overrides, *extra], args, out))
+    print(f"\n## ZeRO memory: BERT-{args.preset}, seq {args.block}, micro batch {args.micro_batch} "
+          f"x 2 processes, {args.steps} steps\n")  # fmt: skip
+    print(f"device: {report.device_name()}; versions: {report.versions()}\n")
+    headers = [
+        "config",
+        "params held / process",
+        "init peak MB",
+        "peak MB / process",
+        "step s",
+        "loss",
+    ]
+    table = []
+    for r in results:
         if "error" in r:
-            lines.append(f"| {r['strategy']} | {r['error']} |")
+            table.append([r["config"], r["error"], "-", "-", "-", "-"])
             continue
-        peaks = " | ".join(f"{p:,.0f}" for p in r["peak_ranks"])
-        lines.append(
-            f"| {r['strategy']} | {peaks} | {r['step_s']:.3f} | {r['tokens_s']:,.0f} "
-            f"| {r['loss']:.4f} |"
-        )
-    return head + "\n".join(lines)
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument(
-        "--preset",
-        nargs="+",
-        default=None,
-        help="BERT presets (default: small on CPU, base large on GPU)",
-    )
-    parser.add_argument(
-        "--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES)
-    )
-    parser.add_argument("--nproc", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=3, help="steps left out of the timing")
-    parser.add_argument("--micro-batch", type=int, default=4)
-    parser.add_argument("--block", type=int, default=128)
-    parser.add_argument("--out", default=None, help="folder for the runs (default: a temp dir)")
-    args = parser.parse_args()
-    presets = args.preset or (["base", "large"] if _has_cuda() else ["small"])
-    out = Path(args.out or tempfile.mkdtemp(prefix="bench-zero-"))
-    out.mkdir(parents=True, exist_ok=True)
-    for preset in presets:
-        rows = []
-        for name in args.strategies:
-            rows.append(run_one(name, args, preset, out))
-            print(f"  {preset} {name}: done", file=sys.stderr, flush=True)
-        print(table(preset, rows, args), flush=True)
-    print(f"\nruns and logs: {out}")
-    return 0
+        share = max(r["held_per_process"]) / r["parameters"]
+        table.append([r["config"], f"{share:.0%} of {r['parameters'] / 1e6:.0f}M",
+                      f"{r['init_peak_mb']:,.0f}", f"{r['peak_mb']:,.0f}",
+                      f"{r['step_s']:.2f}" if r["step_s"] else "-", f"{r['loss']:.3f}"])  # fmt: skip
+    print(report.markdown_table(headers, table))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -79,21 +79,19 @@ def load_corpus(ctx: RunContext) -> TextCorpus:
 
 def get_tokenizer(ctx: RunContext, corpus: TextCorpus, need_mask: bool = True) -> Any:
     """The run's tokenizer: the one saved in the run folder (resume), a named one, or a new
-    WordPiece trained on the corpus by the main process and saved for the others."""
+    WordPiece trained on the corpus by the main process. A trained one is read by every process
+    from the run folder (which every node sees: checkpoints live there too), never from the
+    main process's cache, which another node may not see."""
     tok_cfg = ctx.cfg.tokenizer
     saved = ctx.run_dir / "tokenizer"
-    if (saved / "tokenizer_config.json").is_file():
-        tok = load_tokenizer(str(saved))
-        where = str(saved)
-    elif tok_cfg.name_or_path:
-        tok = load_tokenizer(tok_cfg.name_or_path)
-        where = tok_cfg.name_or_path
-    else:
-        # WordPiece training is not bit-reproducible (ties between merges), so a trained
-        # tokenizer is cached by corpus and settings: runs on the same data share one
-        cached = trained_tokenizer_dir(corpus.train_source, tok_cfg, ctx.cfg.data.text_column)
-        with ctx.main_first():
-            if ctx.is_main and not (cached / "tokenizer_config.json").is_file():
+    # every process enters (whatever it finds on disk: the barriers inside must pair up); the
+    # main process trains, or takes the trained one from its cache, into the run folder
+    with ctx.main_first():
+        if ctx.is_main and not tok_cfg.name_or_path and not _has_tokenizer(saved):
+            # WordPiece training is not bit-reproducible (ties between merges), so a trained
+            # tokenizer is cached by corpus and settings: runs on the same data share one
+            cached = trained_tokenizer_dir(corpus.train_source, tok_cfg, ctx.cfg.data.text_column)
+            if not _has_tokenizer(cached):
                 texts = _first_texts(corpus.train, ctx.cfg.data.text_column, tok_cfg.train_examples)
                 tok = train_wordpiece(texts, tok_cfg.vocab_size, tok_cfg.lowercase)
                 tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")
@@ -102,12 +100,23 @@ def get_tokenizer(ctx: RunContext, corpus: TextCorpus, need_mask: bool = True) -
                     tmp.rename(cached)
                 except OSError:
                     shutil.rmtree(tmp, ignore_errors=True)
-        tok = load_tokenizer(str(cached))
-        where = f"trained on {corpus.train_source.describe()}"
+            load_tokenizer(str(cached)).save_pretrained(str(saved))
+    if _has_tokenizer(saved):
+        tok = load_tokenizer(str(saved))
+        where = (
+            str(saved) if tok_cfg.name_or_path else f"trained on {corpus.train_source.describe()}"
+        )
+    else:
+        tok = load_tokenizer(tok_cfg.name_or_path)
+        where = tok_cfg.name_or_path
     check_tokenizer(tok, where, need_mask=need_mask)
-    if ctx.is_main and not (saved / "tokenizer_config.json").is_file():
+    if ctx.is_main and not _has_tokenizer(saved):
         tok.save_pretrained(str(saved))
     return tok
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer_config.json").is_file()
 
 
 def trained_tokenizer_dir(source: Source, tok_cfg: TokenizerConfig, column: str) -> Path:

@@ -218,13 +218,16 @@ def save(
     )  # fmt: skip
 
 
-def load_full_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """load_state_dict that takes tied parameters under either name (or both) and insists that
-    every parameter gets a value (named_parameters() lists a tied parameter once)."""
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    unset = [k for k, _ in module.named_parameters() if k in missing]
-    buffers = {k for k, _ in module.named_buffers()}
-    unexpected = [k for k in unexpected if k not in buffers]
+def check_full_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Every parameter of `module` has a value in `state` under one of its names (a tied
+    parameter has several), and `state` holds nothing else but buffers: else RuntimeError."""
+    names: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    unset = [aliases[0] for aliases in names.values() if not any(n in state for n in aliases)]
+    known = {n for aliases in names.values() for n in aliases}
+    known |= {n for n, _ in module.named_buffers(remove_duplicate=False)}
+    unexpected = [k for k in state if k not in known]
     if unset or unexpected:
         raise RuntimeError(
             f"weights from {source} do not fit the model: missing {unset[:5]}, "
@@ -232,16 +235,22 @@ def load_full_state(module: torch.nn.Module, state: dict[str, torch.Tensor], sou
         )
 
 
-def full_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """Full fp32 weights of a checkpoint: Accelerate's model.safetensors, else ZeRO shards."""
-    weights = folder / "model.safetensors"
-    if weights.is_file():
-        from safetensors.torch import load_file
+def parameter_values(
+    module: torch.nn.Module, state: dict[str, torch.Tensor]
+) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    """(parameter, its value in `state` under any of its names), once per parameter."""
+    found: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if id(p) not in found and name in state:
+            found[id(p)] = (p, state[name])
+    return list(found.values())
 
-        return load_file(str(weights))
-    from pipeline.engine.deepspeed import consolidated_state_dict
 
-    return consolidated_state_dict(folder)
+def load_full_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict that takes tied parameters under either name (or both) and insists that
+    every parameter gets a value."""
+    check_full_state(module, state, source)
+    module.load_state_dict(state, strict=False)
 
 
 def load(accelerator: Accelerator, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:

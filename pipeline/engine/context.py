@@ -3,7 +3,8 @@ process layout and tokenizer, on top of the run's Accelerator."""
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,14 @@ class EngineContext:
     def device(self) -> torch.device:
         return self.accelerator.device
 
-    def main_first(self) -> AbstractContextManager[Any]:
-        """Main process does the work (and fills caches) while the others wait, then reuse it."""
-        return self.accelerator.main_process_first()
+    @contextmanager
+    def main_first(self) -> Iterator[None]:
+        """The main process does the work (and fills the caches) while the others wait; then the
+        main process of every other node does it where its cache lacks it (nodes with their own
+        disks), while the rest of its node waits; then everyone reads. On a shared filesystem
+        the second round finds the caches filled (atomic writes: the first one wins)."""
+        with self.accelerator.main_process_first(), self.accelerator.local_main_process_first():
+            yield
 
     @property
     def plots_dir(self) -> Path:

@@ -358,11 +358,37 @@ class DeepSpeedStrategy(Strategy):
     def accelerator_kwargs(self, on_cpu: bool) -> dict[str, Any]:
         from accelerate.utils import DeepSpeedPlugin
 
-        # every process builds the full model on CPU and DeepSpeed partitions it at prepare;
-        # no zero.Init, so the export can build a plain copy on the main process alone.
+        # ZeRO-3: zero.Init through transformers' integration (the plugin's HfDeepSpeedConfig):
+        # a model is built already partitioned (`_from_config` and `from_pretrained`), so no
+        # process ever holds the full fp32 parameters; the export builds its plain copy with
+        # zero.Init switched off (build_unsharded). ZeRO-1/2 replicate parameters anyway.
         # cpu stays False: Accelerator(cpu=True) with DeepSpeed silently falls back to DDP
-        plugin = DeepSpeedPlugin(hf_ds_config=self.ds_config, zero3_init_flag=False)
+        plugin = DeepSpeedPlugin(hf_ds_config=self.ds_config, zero3_init_flag=self.stage == 3)
         return {"cpu": False, "deepspeed_plugin": plugin}
+
+    def check_objective(self, objective: Any) -> None:
+        if self.stage == 3 and not getattr(objective, "shardable", True):
+            raise SetupError(
+                f"objective {objective.cfg.name} cannot have its parameters partitioned by "
+                f"ZeRO-3 ({objective.unshardable_reason()}); use "
+                "engine.deepspeed_config=configs/deepspeed/zero2.json"
+            )
+
+    def load_full_state(
+        self, module: nn.Module, state: dict[str, torch.Tensor], source: str
+    ) -> None:
+        if self.stage != 3:
+            return super().load_full_state(module, state, source)
+        import deepspeed
+
+        from pipeline.engine.checkpoint import check_full_state, parameter_values
+
+        check_full_state(module, state, source)
+        # each partitioned parameter gathered in turn, written by rank 0, partitioned again
+        for param, value in parameter_values(module, state):
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+                if torch.distributed.get_rank() == 0:
+                    param.data.copy_(value)
 
     def before_prepare(self, accelerator: Accelerator, module: nn.Module) -> None:
         zero = accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]
@@ -416,6 +442,15 @@ class DeepSpeedStrategy(Strategy):
         return full_fp32_state_dict(module)
 
     def build_unsharded(self, build: Callable[[], nn.Module]) -> nn.Module:
+        """On the main process alone: zero.Init must be off (it is collective), both in the
+        plugin and in transformers' global switch, which outlives the plugin's own toggle."""
+        import transformers.integrations.deepspeed as hf_ds
+
         plugin = self.accelerator.state.deepspeed_plugin
         with plugin.zero3_init_context_manager(enable=False):
-            return build()
+            saved = hf_ds._hf_deepspeed_config_weak_ref  # (re)set by the context manager
+            hf_ds._hf_deepspeed_config_weak_ref = None
+            try:
+                return build()
+            finally:
+                hf_ds._hf_deepspeed_config_weak_ref = saved

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from pipeline.engine.checkpoint import CheckpointError, full_weights, load_full_state, load_tensors
+from pipeline.engine.checkpoint import CheckpointError, load_full_state, load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +34,31 @@ def saved_world_size(folder: Path) -> int | None:
     return json.loads((folder / "trainer_state.json").read_text()).get("world_size")
 
 
+def full_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of a checkpoint: Accelerate's model.safetensors, else ZeRO shards."""
+    weights = folder / "model.safetensors"
+    if weights.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(weights))
+    from pipeline.engine.deepspeed import consolidated_state_dict
+
+    return consolidated_state_dict(folder)
+
+
 def needs_weights_only(folder: Path | None, world: int) -> bool:
     return folder is not None and saved_world_size(folder) != world
 
 
-def load_weights(module: nn.Module, folder: Path, world: int, global_batch_set: bool) -> None:
-    """Before accelerator.prepare: load the checkpoint's weights into the unwrapped module."""
+def load_weights(
+    module: nn.Module, folder: Path, world: int, global_batch_set: bool,
+    load: Callable[[nn.Module, dict[str, torch.Tensor], str], None] = load_full_state,
+) -> None:  # fmt: skip
+    """Before accelerator.prepare: load the checkpoint's weights into the module as built
+    (`load`: the strategy's, which writes into ZeRO-3 partitions)."""
     saved = saved_world_size(folder)
     check_rank_state(folder)
-    load_full_state(module, full_weights(folder), source=str(folder))
+    load(module, full_weights(folder), str(folder))
     log.warning(
         "%s was written by %s processes, this run has %d: resuming weights, step and LR "
         "schedule; optimizer moments start afresh%s",

@@ -178,3 +178,25 @@ class TrainLog:
         self.out.write(step, "train", m)
         self.t_last, self.steps = time.time(), 0
         return m
+
+
+def record_parameters(run_dir: Path, module: torch.nn.Module, accelerator: Accelerator) -> None:
+    """Collective. RUN_DIR/run_info.json "parameters": the model's size and what each process
+    holds of it as built (ZeRO-3 builds it partitioned: about 1/processes each), and the
+    process's peak memory by then (the init peak)."""
+    seen: set[int] = set()
+    total = held = 0
+    for p in module.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += getattr(p, "ds_numel", p.numel())
+            # a ZeRO-3 parameter's own storage is its partition (ds_tensor); p itself is empty
+            held += p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
+    mine = torch.tensor([held, peak_memory_mb(accelerator.device)], device=accelerator.device)
+    ranks = accelerator.gather(mine[None]).tolist()
+    if accelerator.is_main_process:
+        path = run_dir / "run_info.json"
+        info = json.loads(path.read_text())
+        info["parameters"] = {"total": total, "held_per_process": [int(r[0]) for r in ranks]}
+        info["init_peak_mem_mb"] = [round(r[1], 1) for r in ranks]
+        path.write_text(json.dumps(info, indent=1))

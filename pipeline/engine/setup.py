@@ -7,6 +7,7 @@ before any data is tokenized or any model is built.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +28,8 @@ from pipeline.engine.launch import (  # noqa: F401  (SetupError & co. are import
 from pipeline.engine.strategy import Strategy
 from pipeline.protocols import RunConfig
 from pipeline.train_config import EngineConfig, OptimConfig
+
+log = logging.getLogger("pipeline")
 
 
 def prepare_run_dir(run_dir: Path) -> None:
@@ -70,6 +73,37 @@ def available_trackers(names: list[str]) -> list[str]:
     return [n for n in names if importlib.util.find_spec(modules.get(n, n)) is not None]
 
 
+def honour_launcher(cfg: RunConfig) -> None:
+    """What an accelerate config (or `accelerate launch` flags) asks, taken or refused in one
+    line before anything is built: FSDP is refused (not a strategy here: ZeRO-3 shards the same
+    way); a mixed precision is taken when the recipe says auto and must agree otherwise
+    (`accelerate launch` writes "no" when it was not asked, so "no" never conflicts); a dynamo
+    backend turns engine.compile on, and the engine compiles once (Accelerate never does)."""
+    env = os.environ
+    if env.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise SetupError(
+            "launched with an accelerate FSDP config (ACCELERATE_USE_FSDP=true), which this "
+            "engine does not run; shard with engine.strategy=deepspeed "
+            "engine.deepspeed_config=configs/deepspeed/zero3.json"
+        )
+    theirs = env.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    ours = cfg.engine.mixed_precision
+    if theirs != "no":
+        if ours == "auto":
+            log.info("mixed precision %s from the accelerate config", theirs)
+            cfg.engine.mixed_precision = theirs
+        elif ours != theirs:
+            raise SetupError(
+                f"the accelerate config asks mixed_precision={theirs} but the recipe has "
+                f"engine.mixed_precision={ours}; make them agree, or set "
+                "engine.mixed_precision=auto to take the launcher's"
+            )
+    dynamo = env.get("ACCELERATE_DYNAMO_BACKEND", "no").lower()
+    if dynamo not in ("no", "") and not cfg.engine.compile:
+        log.info("the accelerate config asks for torch dynamo (%s): engine.compile=true", dynamo)
+        cfg.engine.compile = True
+
+
 def make_accelerator(
     cfg: RunConfig, run_dir: Path, accumulation: int, strategy: Strategy
 ) -> Accelerator:
@@ -89,6 +123,7 @@ def make_accelerator(
         log_with=available_trackers(cfg.log.trackers) or None,
         project_config=ProjectConfiguration(str(run_dir), logging_dir=str(run_dir / "logs")),
         kwargs_handlers=handlers,
+        dynamo_backend="no",  # engine.compile compiles, once (honour_launcher)
         **strategy.accelerator_kwargs(on_cpu),
     )
     if accelerator.num_processes != launched_world_size():
@@ -106,8 +141,10 @@ def build_optimizer(
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        # biases and LayerNorm weights are not decayed (as BERT and every recipe since)
-        (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name else decay).append(p)
+        # biases and LayerNorm weights are not decayed (as BERT and every recipe since); a
+        # ZeRO-3 partition is a flat shard: its shape is the full parameter's (ds_shape)
+        ndim = len(getattr(p, "ds_shape", p.shape))
+        (no_decay if ndim < 2 or "LayerNorm" in name or "norm" in name else decay).append(p)
     # fused kernels exist for CUDA and CPU; on CPU one fused step is 3-5x faster than the
     # default per-parameter loop (BERT tiny/mini, scripts/bench_mlm.py)
     fused = optim_cfg.fused == "on" or (

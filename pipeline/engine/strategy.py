@@ -58,7 +58,18 @@ class Strategy:
         """Extra arguments of `Accelerator(...)`."""
         return {}
 
-    # ---- around prepare
+    # ---- before and around prepare
+    def check_objective(self, objective: Any) -> None:
+        """Refuse (SetupError) an objective this strategy cannot run, before any work."""
+
+    def load_full_state(
+        self, module: nn.Module, state: dict[str, torch.Tensor], source: str
+    ) -> None:
+        """Full weights into the module as built (before prepare), e.g. at another process count."""
+        from pipeline.engine.checkpoint import load_full_state
+
+        load_full_state(module, state, source)
+
     def before_prepare(self, accelerator: Accelerator, module: nn.Module) -> None:
         """Sizes that depend on the model (DeepSpeed's buckets), before `prepare`."""
 

@@ -34,7 +34,14 @@ from pipeline.engine.context import EngineContext
 from pipeline.engine.guards import LossVerdict, NonFiniteStop, StepGuards
 from pipeline.engine.hooks import Hooks
 from pipeline.engine.launch import SetupError, accumulation_steps, launched_world_size
-from pipeline.engine.metrics import Averager, MetricsLog, TrainLog, peak_flops, write_run_info
+from pipeline.engine.metrics import (
+    Averager,
+    MetricsLog,
+    TrainLog,
+    peak_flops,
+    record_parameters,
+    write_run_info,
+)
 from pipeline.engine.signals import PREEMPTED, StopFlag
 from pipeline.engine.state import TrainState
 from pipeline.engine.strategy import make_strategy
@@ -58,6 +65,7 @@ class Trainer:
         resolved = config_lib.redact(config_lib.to_dict(cfg))
 
         # ---- cheap checks first: nothing is tokenized or built before they pass
+        setup.honour_launcher(cfg)
         self.accum = accumulation_steps(cfg.train, launched_world_size())
         self.strategy = make_strategy(cfg, self.accum)
         setup.prepare_run_dir(self.run_dir)
@@ -75,13 +83,16 @@ class Trainer:
         # ---- data, model, optimizer (seeded identically on every process)
         torch.manual_seed(cfg.train.seed)
         self.objective: Objective = registry.get("objective", cfg.objective.name)(cfg.objective)
+        self.strategy.check_objective(self.objective)
         self.data = self.objective.build_data(self.ctx)
         torch.manual_seed(cfg.train.seed)
         module = self.objective.build_module(self.ctx)
+        record_parameters(self.run_dir, module, self.accelerator)  # held per process (ZeRO-3)
         if elastic.needs_weights_only(resume_from, self.ctx.world_size):
             # another process count: full weights now, before sharding; fresh optimizer (elastic.py)
             elastic.load_weights(module, resume_from, self.ctx.world_size,
-                                 bool(cfg.train.global_batch_size))  # fmt: skip
+                                 bool(cfg.train.global_batch_size),
+                                 load=self.strategy.load_full_state)  # fmt: skip
         self.strategy.before_prepare(self.accelerator, module)
         # counted before prepare: ZeRO-3 leaves empty parameter shards behind
         flops_per_example = self.objective.flops_per_example(module)

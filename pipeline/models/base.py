@@ -30,7 +30,8 @@ __all__ = ["BlockTemplate", "ModelConfig", "ModelFamily", "encoder_family", "lin
 
 def linear_parameters(module: nn.Module) -> int:
     """Parameters that take part in matrix products (nn.Linear weights and biases): the `N` of
-    the 6N FLOPs-per-token rule. Embedding lookups and norms do (almost) no FLOPs."""
+    the 6N FLOPs-per-token rule. Embedding lookups and norms do (almost) no FLOPs. Partitioned
+    (ZeRO-3) parameters count with their full size (`ds_numel`)."""
     seen: set[int] = set()
     total = 0
     for m in module.modules():
@@ -38,7 +39,7 @@ def linear_parameters(module: nn.Module) -> int:
             for p in m.parameters(recurse=False):
                 if id(p) not in seen:
                     seen.add(id(p))
-                    total += p.numel()
+                    total += getattr(p, "ds_numel", p.numel())
     return total
 
 
@@ -62,23 +63,40 @@ class ModelFamily:
     def build_masked_lm(cls, cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> nn.Module:
         if cfg.from_pretrained:
             # trust_remote_code stays off: only stock transformers classes are loaded
-            return cls.masked_lm_class.from_pretrained(
+            model = cls.masked_lm_class.from_pretrained(
                 cfg.from_pretrained, attn_implementation=cfg.attn_implementation
             )
-        config = cls.hf_config(cfg, vocab_size, pad_token_id)
-        config._attn_implementation = cfg.attn_implementation
-        return cls.masked_lm_class(config)
+        else:
+            config = cls.hf_config(cfg, vocab_size, pad_token_id)
+            config._attn_implementation = cfg.attn_implementation
+            # _from_config, not the constructor: under DeepSpeed ZeRO-3 it builds the model
+            # partitioned (zero.Init) and initialises it module by module, gathered
+            model = cls.masked_lm_class._from_config(config)
+        return cls.finish(model, cfg)
 
     @classmethod
     def build_encoder(cls, cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> nn.Module:
         if cfg.from_pretrained:
-            return cls.encoder_class.from_pretrained(
+            model = cls.encoder_class.from_pretrained(
                 cfg.from_pretrained, attn_implementation=cfg.attn_implementation,
                 **cls.encoder_kwargs(),
             )  # fmt: skip
-        config = cls.hf_config(cfg, vocab_size, pad_token_id)
-        config._attn_implementation = cfg.attn_implementation
-        return cls.encoder_class(config, **cls.encoder_kwargs())
+        else:
+            config = cls.hf_config(cfg, vocab_size, pad_token_id)
+            config._attn_implementation = cfg.attn_implementation
+            model = cls.encoder_class._from_config(config, **cls.encoder_kwargs())
+        return cls.finish(model, cfg)
+
+    @classmethod
+    def finish(cls, model: nn.Module, cfg: ModelConfig) -> nn.Module:
+        """Settings every family applies the same way once the model exists."""
+        if getattr(cfg, "gradient_checkpointing", False):
+            # non-reentrant: works with inputs that need no grad and with DDP's hooks
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+                model.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable({"use_reentrant": False})
+        return model
 
     @classmethod
     def encoder_kwargs(cls) -> dict[str, Any]:

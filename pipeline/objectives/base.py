@@ -78,6 +78,15 @@ class Objective:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    @property
+    def shardable(self) -> bool:
+        """Whether ZeRO-3 may partition the module's parameters (False e.g. when the objective
+        reads or writes whole parameters outside the forward, like a weight average)."""
+        return True
+
+    def unshardable_reason(self) -> str:
+        return ""
+
     def model_card_notes(self) -> str:
         """Markdown appended to the exported model card (e.g. how to pool embeddings)."""
         return ""

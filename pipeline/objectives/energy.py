@@ -143,6 +143,14 @@ class EnergyObjective(Objective):
     cfg: EnergyConfig
     task = Task(pipeline_tag="", name="Energy-based density model", library="pipeline")
 
+    @property
+    def shardable(self) -> bool:
+        # the weight average is updated from whole parameters between steps (sync_ema)
+        return self.cfg.ema == 0
+
+    def unshardable_reason(self) -> str:
+        return f"its weight average, objective.ema={self.cfg.ema}, reads whole parameters"
+
     # ---- data
     def build_data(self, ctx: RunContext) -> Datasets:
         d = ctx.cfg.data

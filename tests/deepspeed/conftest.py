@@ -127,23 +127,48 @@ class Runs:
         check_ok(launch(d, [*ds("zero2"), "train.export=true"]))
         return d
 
+    def _init(self, d: Path) -> Path:
+        """The DDP run's initial weights as a Hugging Face folder, built as the engine builds
+        them (seed, then the family's builder). ZeRO-3 builds its model partitioned (zero.Init),
+        which initialises module by module in another RNG order; from these weights, loaded
+        partitioned, it trains on exactly DDP's model."""
+        import torch
+
+        from pipeline import registry
+        from pipeline.config import load_config
+        from pipeline.data.tokenizer import load_tokenizer
+        from pipeline.train_config import RunConfig
+
+        ddp = self.get("ddp")
+        cfg = load_config(RunConfig, BASE[0], BASE[1:])
+        tok = load_tokenizer(str(ddp / "tokenizer"))
+        torch.manual_seed(cfg.train.seed)
+        family = registry.get("model", cfg.model.name)
+        family.build_masked_lm(cfg.model, len(tok), tok.pad_token_id).save_pretrained(d)
+        return d
+
+    def zero3(self, stage: str = "zero3") -> list[str]:
+        init = self.get("init")
+        return [*ds(stage), f"model.from_pretrained={init}",
+                f"tokenizer.name_or_path={self.get('ddp') / 'tokenizer'}"]  # fmt: skip
+
     def _zero3(self, d: Path) -> Path:
-        check_ok(launch(d, [*ds("zero3"), "train.export=true"]))
+        check_ok(launch(d, [*self.zero3(), "train.export=true"]))
         return d
 
     def _zero3_offload(self, d: Path) -> Path:
-        check_ok(launch(d, ds("zero3-offload")))
+        check_ok(launch(d, self.zero3("zero3-offload")))
         return d
 
     def _zero3_killed(self, d: Path) -> Path:
         """Killed (SIGKILL, every process) right after checkpoint 3 is complete."""
-        proc = launch(d, ds("zero3"), extra_env={"PIPELINE_FAULT": "after_checkpoint@3"})
+        proc = launch(d, self.zero3(), extra_env={"PIPELINE_FAULT": "after_checkpoint@3"})
         assert proc.returncode != 0, "the fault injection did not kill the run"
         return d
 
     def _zero3_resumed(self, d: Path) -> Path:
         shutil.copytree(self.get("zero3-killed"), d)
-        check_ok(launch(d, ds("zero3")))
+        check_ok(launch(d, self.zero3()))
         return d
 
     def _zero1_resumed(self, d: Path) -> Path:
@@ -159,7 +184,7 @@ class Runs:
     def _zero3_one_process(self, d: Path) -> Path:
         """The 2-process ZeRO-3 checkpoint of step 3, resumed by ONE process."""
         after_step(self.get("zero3"), d, 3)
-        check_ok(launch(d, ds("zero3"), nproc=1))
+        check_ok(launch(d, self.zero3(), nproc=1))
         return d
 
 
