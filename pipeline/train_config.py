@@ -118,8 +118,13 @@ class OptimConfig:
     fused: Literal["auto", "on", "off"] = "auto"
     """Fused AdamW kernel: auto = on for CUDA and CPU (one fused step is 3-5x faster than the
     per-parameter loop on CPU)."""
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-    """Decay after warmup."""
+    schedule: Literal["linear", "cosine", "constant", "wsd"] = "linear"
+    """Decay after warmup, over the run's budget (steps, tokens or time): linear, cosine,
+    constant, or wsd (warmup-stable-decay: flat, then the last optim.decay_fraction decays)."""
+    decay_fraction: float = 0.2
+    """wsd: the fraction of the budget at its end over which the lr decays to 0."""
+    decay_shape: Literal["linear", "1-sqrt", "cosine"] = "1-sqrt"
+    """wsd: the shape of the decay (1-sqrt as in Hägele et al. 2024)."""
     warmup_steps: int = 0
     """Linear warmup steps (0 = train.max_steps * warmup_ratio)."""
     warmup_ratio: float = 0.06
@@ -135,6 +140,8 @@ class OptimConfig:
             problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             problems.append(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not 0 < self.decay_fraction <= 1:
+            problems.append(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
         if self.warmup_steps < 0 or not 0 <= self.warmup_ratio < 1:
             problems.append("warmup_steps must be >= 0 and warmup_ratio in [0, 1)")
         if self.max_grad_norm < 0:

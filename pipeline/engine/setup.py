@@ -175,15 +175,3 @@ def compile_module(module: nn.Module, engine_cfg: EngineConfig) -> nn.Module:
         lambda mod, args, out: (out[0], {k: v.clone() for k, v in out[1].items()})
     )
     return compiled
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, optim_cfg: OptimConfig, max_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    from transformers import get_scheduler
-
-    warmup = optim_cfg.warmup_steps or int(max_steps * optim_cfg.warmup_ratio)
-    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[
-        optim_cfg.schedule
-    ]
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=max_steps)

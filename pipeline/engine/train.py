@@ -42,6 +42,7 @@ from pipeline.engine.metrics import (
     record_parameters,
     write_run_info,
 )
+from pipeline.engine.schedule import build_schedule
 from pipeline.engine.signals import PREEMPTED, StopFlag
 from pipeline.engine.state import TrainState
 from pipeline.engine.strategy import make_strategy
@@ -97,20 +98,22 @@ class Trainer:
         # counted before prepare: ZeRO-3 leaves empty parameter shards behind
         flops_per_example = self.objective.flops_per_example(module)
         optimizer = setup.build_optimizer(module, cfg.optim, self.accelerator.device)
-        # stepped by us once per applied update (Accelerate's wrapper would step it once per
-        # process) and saved in trainer_state
-        self.scheduler = setup.build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+        self.state = TrainState()
+        examples_per_step = cfg.train.micro_batch_size * self.accum * self.ctx.world_size
+        self.tokens_per_step = examples_per_step * self.data.tokens_per_example
+        # over the budget that ends the run (steps, tokens or time); stepped by us once per
+        # applied update (Accelerate's wrapper would step it once per process)
+        self.scheduler = build_schedule(optimizer, cfg.optim, cfg.train, self.tokens_per_step,
+                                        step=lambda: self.state.step, elapsed=self.elapsed)  # fmt: skip
         self.module, self.optimizer = self.strategy.prepare(self.accelerator, module, optimizer)
         if cfg.engine.compile:
             self.module = setup.compile_module(self.module, cfg.engine)
 
         # ---- resume: counters, scheduler, guards, RNGs, objective and stream state
-        self.state, self.guards = TrainState(), StepGuards(cfg.train, self.ctx.is_main)
+        self.guards = StepGuards(cfg.train, self.ctx.is_main)
         stream_state = self._restore(resume_from) if resume_from is not None else None
         self.batch_iter = self._batches(stream_state)
 
-        examples_per_step = cfg.train.micro_batch_size * self.accum * self.ctx.world_size
-        self.tokens_per_step = examples_per_step * self.data.tokens_per_example
         self.metrics_log = MetricsLog(self.run_dir, self.accelerator, enabled=self.ctx.is_main)
         self.train_log = TrainLog(
             self.metrics_log, self.accelerator, self.objective.summarize, self.tokens_per_step,
@@ -128,8 +131,7 @@ class Trainer:
         Ends with a checkpoint and an evaluation; returns the final eval (or train) metrics."""
         cfg, s = self.cfg.train, self.state
         self.module.train()
-        bar = tqdm(total=cfg.max_steps, initial=s.step, desc="train", dynamic_ncols=True,
-                   disable=not (self.ctx.is_main and self.cfg.log.progress_bar), file=sys.stderr)  # fmt: skip
+        bar = self._progress_bar()
         self.t_start = self.train_log.t_last = time.time()
         reason = None
         while s.step < cfg.max_steps:
@@ -143,8 +145,9 @@ class Trainer:
             self.train_log.add(result.metrics)
             s.step += 1
             s.tokens += self.tokens_per_step
+            self.scheduler.step()  # the lr of the next step
             self.hooks.after_update(s.step)
-            bar.update(1)
+            bar.update(round(self.elapsed()) - bar.n if cfg.max_time_s else 1)
             if s.step % cfg.log_every == 0 or s.step == cfg.max_steps:
                 lr = self.scheduler.get_last_lr()[0]
                 m = self.train_log.write(s.step, lr, result.grad_norm, s.tokens)
@@ -161,6 +164,15 @@ class Trainer:
                 break
         bar.close()
         return self._finish(reason)
+
+    def _progress_bar(self) -> tqdm:
+        """Steps of train.max_steps, or seconds of train.max_time_s: the ETA is the budget's."""
+        cfg, on = self.cfg.train, self.ctx.is_main and self.cfg.log.progress_bar
+        if cfg.max_time_s:
+            return tqdm(total=round(cfg.max_time_s), initial=round(self.state.elapsed_s),
+                        unit="s", desc="train", dynamic_ncols=True, disable=not on, file=sys.stderr)  # fmt: skip
+        return tqdm(total=cfg.max_steps, initial=self.state.step, unit="step", desc="train",
+                    dynamic_ncols=True, disable=not on, file=sys.stderr)  # fmt: skip
 
     def train_step(self) -> StepResult:
         """One optimizer step: forward and backward over this step's micro batches, then take or
@@ -196,7 +208,6 @@ class Trainer:
             return self._skipped("non-finite gradient", nonfinite=True)
         if not self.strategy.step():  # the strategy's own check refused it (DeepSpeed overflow)
             return self._skipped("non-finite gradient (DeepSpeed overflow)", nonfinite=True)
-        self.scheduler.step()
         norm = norm if norm is not None else self.strategy.grad_norm()
         return StepResult(True, verdict=verdict, grad_norm=norm, metrics=metrics)
 

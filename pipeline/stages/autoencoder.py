@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from pipeline.data.sources import DataError
 from pipeline.engine import setup
 from pipeline.engine.launch import SetupError
+from pipeline.engine.schedule import step_schedule
 from pipeline.registry import register
 from pipeline.stages import ae_models, arrays, pictures
 from pipeline.stages.base import (
@@ -116,7 +117,8 @@ class AutoencoderStage(Stage):
         model = ae_models.build(ac, x_all.shape[1], data.image_shape).to(device)
         # the engine's AdamW and schedule (the stage's optim section has stage defaults)
         opt = setup.build_optimizer(model, cfg.optim, device)
-        schedule = setup.build_scheduler(opt, cfg.optim, tc.max_steps)
+        done = [0]  # steps taken, read by the schedule
+        schedule = step_schedule(opt, cfg.optim, tc.max_steps, lambda: done[0])
         start = 0
         state = load_checkpoint(run_dir) if tc.resume != "never" else None
         if tc.resume == "required" and state is None:
@@ -160,6 +162,7 @@ class AutoencoderStage(Stage):
             if cfg.optim.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
             opt.step()
+            done[0] = step
             schedule.step()
             if step % tc.log_every == 0:
                 metrics.write(step, "train", {"loss": loss.item()})

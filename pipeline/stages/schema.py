@@ -53,7 +53,7 @@ class StageOptimConfig(OptimConfig):
     """AdamW epsilon."""
     fused: Literal["auto", "on", "off"] = "off"
     """Fused AdamW kernel (off: PyTorch's default per-parameter update)."""
-    schedule: Literal["linear", "cosine", "constant"] = "constant"
+    schedule: Literal["linear", "cosine", "constant", "wsd"] = "constant"
     """Decay after warmup."""
     warmup_ratio: float = 0.0
     """Warmup as a fraction of train.max_steps when warmup_steps is 0."""
