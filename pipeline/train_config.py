@@ -182,6 +182,8 @@ class TrainConfig(LoopConfig):
     """Stop after this many training tokens (all processes together)."""
     max_time_s: float | None = None
     """Stop (with a checkpoint) after this many seconds of wall clock."""
+    checkpoint_every_s: float | None = None
+    """Also checkpoint every this many seconds of training (wall-clock snapshots)."""
     micro_batch_size: int = 32
     """Examples per process per forward pass."""
     global_batch_size: int | None = None
@@ -206,6 +208,8 @@ class TrainConfig(LoopConfig):
         problems = super().validate() + check_minimums(
             self, {"micro_batch_size": 1, "global_batch_size": 1, "max_bad_steps": 1}
         )
+        if self.checkpoint_every_s is not None and self.checkpoint_every_s <= 0:
+            problems.append(f"checkpoint_every_s must be > 0, got {self.checkpoint_every_s}")
         if self.loss_spike_zscore < 0 or self.loss_spike_window < 2:
             problems.append(
                 "loss_spike_zscore must be >= 0 and loss_spike_window >= 2, got "

@@ -75,6 +75,9 @@ class _OneProcess:
     def main_process_first(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
+    def local_main_process_first(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
 
 def prepare(overrides: list[str], out: Path) -> list[str]:
     """Tokenizer and packed blocks, once, before any timed process starts.

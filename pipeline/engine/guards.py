@@ -106,6 +106,9 @@ class LossVerdict:
     nonfinite: bool
     spike: bool
     stop_requested: bool
+    elapsed_s: float = 0.0
+    """The processes' mean training clock: time limits and time schedules read this one, so
+    every process stops, checkpoints and sets its learning rate at the same step."""
 
     @property
     def skip(self) -> bool:
@@ -127,22 +130,30 @@ class StepGuards:
         reduce_sum: Callable[[torch.Tensor], torch.Tensor],
         device: torch.device,
         world_size: int,
+        elapsed_s: float = 0.0,
     ) -> LossVerdict:
-        """One all-reduce: any non-finite loss, any stop request, and the mean loss over
-        micro batches and processes (the same number everywhere)."""
+        """One all-reduce: any non-finite loss, any stop request, the mean loss over
+        micro batches and processes and the mean clock (the same numbers everywhere)."""
         total = 0.0
         for value in losses:
             total += value
         finite = math.isfinite(total)
         flags = torch.tensor(
-            [float(not finite), float(stop_requested), total / len(losses) if finite else 0.0],
+            [
+                float(not finite),
+                float(stop_requested),
+                total / len(losses) if finite else 0.0,
+                elapsed_s,
+            ],
             device=device,
+            dtype=torch.float64,
         )
         flags = reduce_sum(flags)
         nonfinite = bool(flags[0] > 0)
         mean_loss = float(flags[2]) / world_size
         spike = not nonfinite and self.spikes.is_spike(mean_loss)
-        return LossVerdict(mean_loss, nonfinite, spike, bool(flags[1] > 0))
+        return LossVerdict(mean_loss, nonfinite, spike, bool(flags[1] > 0),
+                           float(flags[3]) / world_size)  # fmt: skip
 
     def bad(self, step: int, why: str, nonfinite: bool) -> bool:
         """Record a skipped step (warned once, by the main process); True: stop the run."""

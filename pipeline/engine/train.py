@@ -49,6 +49,7 @@ from pipeline.engine.strategy import make_strategy
 from pipeline.protocols import Objective, RunConfig
 
 log = logging.getLogger("pipeline")
+phase = torch.profiler.record_function
 
 
 @dataclass
@@ -99,12 +100,13 @@ class Trainer:
         flops_per_example = self.objective.flops_per_example(module)
         optimizer = setup.build_optimizer(module, cfg.optim, self.accelerator.device)
         self.state = TrainState()
+        self.clock_s = 0.0  # the agreed clock of the last step (LossVerdict.elapsed_s)
         examples_per_step = cfg.train.micro_batch_size * self.accum * self.ctx.world_size
         self.tokens_per_step = examples_per_step * self.data.tokens_per_example
         # over the budget that ends the run (steps, tokens or time); stepped by us once per
         # applied update (Accelerate's wrapper would step it once per process)
         self.scheduler = build_schedule(optimizer, cfg.optim, cfg.train, self.tokens_per_step,
-                                        step=lambda: self.state.step, elapsed=self.elapsed)  # fmt: skip
+                                        step=lambda: self.state.step, elapsed=lambda: self.clock_s)  # fmt: skip
         self.module, self.optimizer = self.strategy.prepare(self.accelerator, module, optimizer)
         if cfg.engine.compile:
             self.module = setup.compile_module(self.module, cfg.engine)
@@ -112,6 +114,7 @@ class Trainer:
         # ---- resume: counters, scheduler, guards, RNGs, objective and stream state
         self.guards = StepGuards(cfg.train, self.ctx.is_main)
         stream_state = self._restore(resume_from) if resume_from is not None else None
+        self.clock_s = self.state.elapsed_s
         self.batch_iter = self._batches(stream_state)
 
         self.metrics_log = MetricsLog(self.run_dir, self.accelerator, enabled=self.ctx.is_main)
@@ -121,6 +124,7 @@ class Trainer:
             peak_flops(self.accelerator.device, cfg.engine.peak_flops),
         )  # fmt: skip
         self.last_eval: dict[str, float] = {}
+        self._next_mark: float | None = None  # train.checkpoint_every_s
         self._saved_at = -1  # a stop right after a checkpoint must not write (and replace) it again
         self._closed = False
 
@@ -157,7 +161,9 @@ class Trainer:
             # the last step's evaluation and checkpoint come after the loop, once
             if cfg.eval_every and s.step % cfg.eval_every == 0 and s.step < cfg.max_steps:
                 self.evaluate()
-            if s.step % cfg.checkpoint_every == 0 and s.step < cfg.max_steps:
+            if (s.step % cfg.checkpoint_every == 0 or self._checkpoint_time(s.step)) and (
+                s.step < cfg.max_steps
+            ):
                 self.save_checkpoint()
             reason = self._limit_reached(result.verdict)
             if reason:
@@ -181,9 +187,11 @@ class Trainer:
         losses, metrics = [], []
         for j in range(self.accum):
             last = j == self.accum - 1
-            batch = _to(next(self.batch_iter), self.accelerator.device)
+            with phase("data"):  # phases: names for torch.profiler (scripts/profile_step.py)
+                batch = _to(next(self.batch_iter), self.accelerator.device)
             with self.strategy.accumulating(self.module, last), self.accelerator.autocast():
-                loss, m = self.module(**batch)
+                with phase("forward"):
+                    loss, m = self.module(**batch)
                 loss = self.hooks.on_loss(loss, self.state.step + 1)
                 losses.append(loss.item())
                 metrics.append(m)
@@ -191,8 +199,9 @@ class Trainer:
                     self.state.batches += 1  # consumed, whatever the verdict
                     verdict = self.guards.judge_losses(
                         losses, self.stop.requested, self._reduce_sum, self.accelerator.device,
-                        self.ctx.world_size,
+                        self.ctx.world_size, self.elapsed(),
                     )  # fmt: skip
+                    self.clock_s = verdict.elapsed_s
                     if verdict.skip:
                         self.strategy.skip(pending_loss=loss)
                         why = (
@@ -201,12 +210,16 @@ class Trainer:
                             else f"loss spike {verdict.mean_loss:.4g}"
                         )
                         return self._skipped(why, verdict.nonfinite)
-                self.strategy.backward(loss, last)
-        norm = self.strategy.clip_grad_norm(self.module, self.cfg.optim.max_grad_norm)
+                with phase("backward"):
+                    self.strategy.backward(loss, last)
+        with phase("clip"):
+            norm = self.strategy.clip_grad_norm(self.module, self.cfg.optim.max_grad_norm)
         if norm is not None and not math.isfinite(norm):  # the global norm: same everywhere
             self.strategy.skip()
             return self._skipped("non-finite gradient", nonfinite=True)
-        if not self.strategy.step():  # the strategy's own check refused it (DeepSpeed overflow)
+        with phase("optimizer"):
+            applied = self.strategy.step()
+        if not applied:  # the strategy's own check refused it (DeepSpeed overflow)
             return self._skipped("non-finite gradient (DeepSpeed overflow)", nonfinite=True)
         norm = norm if norm is not None else self.strategy.grad_norm()
         return StepResult(True, verdict=verdict, grad_norm=norm, metrics=metrics)
@@ -215,13 +228,25 @@ class Trainer:
         stop = self.guards.bad(self.state.step + 1, why, nonfinite)
         return StepResult(False, stop="nonfinite" if stop else None)
 
+    def _checkpoint_time(self, step: int) -> bool:
+        """train.checkpoint_every_s: the agreed clock passed the next multiple of it."""
+        every = self.cfg.train.checkpoint_every_s
+        if not every:
+            return False
+        if self._next_mark is None:  # the first mark after where this run (or resume) starts
+            self._next_mark = (self.state.elapsed_s // every + 1) * every
+        if self.clock_s < self._next_mark:
+            return False
+        self._next_mark = (self.clock_s // every + 1) * every
+        return True
+
     def _limit_reached(self, verdict: LossVerdict) -> str | None:
         cfg = self.cfg.train
         if verdict.stop_requested:
             return "signal"
         if cfg.max_tokens and self.state.tokens >= cfg.max_tokens:
             return "max_tokens"
-        if cfg.max_time_s and self.elapsed() >= cfg.max_time_s:
+        if cfg.max_time_s and verdict.elapsed_s >= cfg.max_time_s:
             return "max_time"
         return None
 

@@ -146,3 +146,26 @@ def test_bench_kmeans_marks_unequal_inertia():
     (head,) = bench.headlines(list(rows.values()))
     assert head["best"] == "sklearn lloyd" and head["ratio"] == 2.5
     assert head["not_equal"] == ["sklearn elkan"]
+
+
+def test_bench_quality_race(tmp_path):
+    """Both sides train for the same seconds, ours through train.max_time_s with
+    train.checkpoint_every_s snapshots, the Trainer through its budget callback; every snapshot
+    is scored by the one stock-transformers evaluation, which gives the same numbers twice."""
+    out = _run("bench_quality.py", [
+        "--preset", "tiny", "--block", "32", "--batch", "8", "--budgets", "6", "--snapshots", "2",
+        "--eval-docs", "24", "--out", str(tmp_path / "w"), "--plot", str(tmp_path / "q.png"),
+        "--json", str(tmp_path / "q.json"),
+    ])  # fmt: skip
+    assert "| budget | ours loss | ours acc | Trainer loss | Trainer acc | Trainer - ours |" in out
+    assert "most-frequent-token accuracy" in out and (tmp_path / "q.png").stat().st_size > 1000
+    result = json.loads((tmp_path / "q.json").read_text())
+    for side in ("ours", "trainer"):
+        (curve,) = result["curves"][f"6/{side}"]
+        assert len(curve) >= 2 and all(math.isfinite(m["loss"]) for _, m in curve)
+        assert curve[-1][0] >= 6 * 0.9  # the last snapshot is at the end of the budget
+    from pipeline.bench import quality
+
+    docs = quality.heldout_documents(24)
+    snap = sorted((tmp_path / "w" / "ours-6-0" / "snapshots").iterdir())[-1]
+    assert quality.evaluate_folder(snap, docs, 32) == quality.evaluate_folder(snap, docs, 32)

@@ -4,7 +4,7 @@ skipped steps continues with the next unseen batch, bitwise.
 The skip is the hard case for a multi-process run: a NaN loss *value* whose gradients are
 finite (`nan_value`), on the last process only, so only the all-reduced flag tells the others.
 With train.max_bad_steps=1 the run stops right after skipping step 3 and checkpoints the state
-it then holds; a run that simply stops after step 2 checkpoints the state before it. The two
+it then holds; a run of the same schedule checkpoints the state after step 2. The two
 checkpoints hold the same parameters, optimizer state (ZeRO partitions included) and scheduler,
 tensor by tensor.
 """
@@ -84,8 +84,9 @@ def test_a_skipped_step_leaves_every_state_unchanged(tmp_path, strategy, nproc):
     proc = run(skipped, strategy, nproc, [*STOP, "train.max_steps=6"], **fault)
     assert proc.returncode != 0 and "stopped after step 2" in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.count("step 3: non-finite loss, step skipped") == 1
-    # the same schedule (6 steps), stopped after step 2 by its token budget (16 x 32 per step)
-    check_ok(run(before, strategy, nproc, [*STOP, "train.max_steps=6", "train.max_tokens=1024"]))
+    # the same schedule (6 steps) checkpointed after step 2 (a token or time budget would
+    # change the schedule: it decays over the budget that ends the run)
+    check_ok(run(before, strategy, nproc, [*STOP, "train.max_steps=6", "train.checkpoint_every=2"]))
     a = skipped / "checkpoints" / "step-00000002"
     b = before / "checkpoints" / "step-00000002"
     sa, sb = (
