@@ -138,6 +138,7 @@ class BlockStream(torch.utils.data.IterableDataset):
         self.buffer = list(state["buffer"])
 
     def _next_block(self) -> torch.Tensor:
+        empty_passes = 0
         while True:
             try:
                 if self._first:
@@ -148,6 +149,17 @@ class BlockStream(torch.utils.data.IterableDataset):
                     row = next(self._it)
                 return torch.as_tensor(row["input_ids"], dtype=torch.int32)
             except StopIteration:
+                # a share with no block would loop over its empty epochs for ever
+                empty_passes += 1
+                if empty_passes > 1:
+                    worker, workers = self._worker()
+                    raise ValueError(
+                        f"data: the training stream of process {self.rank} (DataLoader worker "
+                        f"{worker} of {workers}) holds no block of {self.block_size} tokens: "
+                        "fewer documents are left than readers (processes x data.num_workers) "
+                        "after data.eval_documents are held out, or too few tokens; lower "
+                        "data.eval_documents, data.num_workers or data.block_size"
+                    ) from None
                 self._open(self.epoch + 1, None)  # next epoch of the stream
 
     def __next__(self) -> dict[str, torch.Tensor]:

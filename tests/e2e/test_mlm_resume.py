@@ -67,6 +67,7 @@ def test_streaming_resume_continues_the_stream(tmp_path):
         *ARGS,
         f"data.path={data}",
         "data.streaming=true",
+        "data.eval_documents=20",  # of 150: the default 1000 would leave nothing to train on
         "train.max_steps=8",
         "train.checkpoint_every=4",
     ]

@@ -136,3 +136,13 @@ def test_bad_stream_settings_are_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="data.shuffle_buffer must be >= 0, got -1"):
         load_config(RunConfig, None, ["data.shuffle_buffer=-1"])
+
+
+def test_a_share_with_no_block_is_an_error_not_an_endless_loop(tmp_path):
+    """3 documents over 2 processes x 2 workers: one reader's share is empty (the e2e run that
+    held out more documents than its file had looped here for ever)."""
+    docs = doc_stream(tmp_path, n=3)
+    it = batches(block_stream(docs, 1, 2), 0)
+    next(it)  # process 1 holds document 1 alone: it repeats, epoch after epoch
+    with pytest.raises(ValueError, match="holds no block of 4 tokens"):
+        next(iter(block_stream(docs.skip(3), 0, 1)))
