@@ -107,8 +107,10 @@ class TokenizerConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-4
-    """Peak learning rate of AdamW."""
+    lr: float | None = None
+    """Peak learning rate of AdamW; unset = the objective's default for the model's size (a
+    transformer: 2e-3 x 128 / hidden_size, at most 2e-3, from scripts/sweep_mlm.py, so a preset changed
+    on the command line keeps a fitting lr; other models 5e-4)."""
     weight_decay: float = 0.01
     """Decoupled weight decay (not applied to biases and LayerNorm weights)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
@@ -134,7 +136,7 @@ class OptimConfig:
 
     def validate(self) -> list[str]:
         problems = []
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             problems.append(f"lr must be positive, got {self.lr}")
         if self.weight_decay < 0:
             problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
