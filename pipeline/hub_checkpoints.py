@@ -61,6 +61,10 @@ class PushCheckpoints(Hook):
             self._error = err
         finally:
             shutil.rmtree(staged, ignore_errors=True)
+            try:
+                staged.parent.rmdir()  # RUN_DIR/.hub-push, once empty
+            except OSError:
+                pass
 
     def wait(self) -> None:
         """Block until the upload in flight is done; raise its error, if any."""

@@ -21,6 +21,9 @@ def train(capsys, out: Path, *overrides: str) -> tuple[int, str]:
 def test_wandb_offline_writes_its_run_into_the_run_folder(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    for quiet in ("WANDB_DISABLE_GIT", "WANDB_DISABLE_CODE", "WANDB_X_DISABLE_STATS",
+                  "WANDB_X_DISABLE_META", "WANDB_X_DISABLE_MACHINE_INFO"):  # fmt: skip
+        monkeypatch.setenv(quiet, "true")  # faster start: no git, code, system metrics
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))  # we pass dir=RUN_DIR
     out = tmp_path / "run"
     code, err = train(capsys, out, "log.trackers=[wandb]", "log.project=my-proj",

@@ -196,6 +196,19 @@ class Handler(BaseHTTPRequestHandler):
         return 200, {"id": repo, "modelId": repo, "sha": oid, "siblings": siblings,
                      "private": False, "tags": [], "downloads": 0, "likes": 0}  # fmt: skip
 
+    def list_tree(self, body: bytes, repo: str, revision: str, prefix: str | None):
+        found = self.state.tree(repo, unquote(revision))
+        if found is None:
+            return 404, {"error": f"mock hub: {repo} has no revision {revision}"}
+        prefix = unquote(prefix or "").strip("/")
+        entries = [
+            {"type": "file", "path": path, "size": len(data),
+             "oid": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()}
+            for path, data in sorted(found[1].items())
+            if not prefix or path.startswith(prefix + "/")
+        ]  # fmt: skip
+        return 200, entries
+
     def resolve(self, body: bytes, repo: str, revision: str, path: str):
         found = self.state.tree(repo, unquote(revision))
         path = unquote(path)
@@ -216,6 +229,7 @@ ROUTES = [
     ("PUT", r"/lfs-storage/([0-9a-f]{64})", Handler.lfs_put),
     ("POST", r"/api/models/([^/]+/[^/]+)/commit/([^/]+)", Handler.commit),
     ("GET", r"/api/models/([^/]+/[^/]+)/revision/([^/]+)", Handler.repo_info),
+    ("GET", r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", Handler.list_tree),
     ("HEAD", r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", Handler.resolve),
     ("GET", r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", Handler.resolve),
 ]

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.conftest import metrics, run_cli
-from tests.faults.conftest import train_args
+from tests.faults.conftest import RECIPE, run_main, train_args
 from tests.hub.mock_hub import MockHub
 from tests.hub.test_publish import hub_env
 
@@ -65,16 +66,17 @@ def test_push_every_save_then_resume_from_a_pushed_revision(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_from_and_push_checkpoints_are_checked_up_front(tmp_path):
-    out = tmp_path / "run"
-    bad = run_cli(train_args(out, "train.push_checkpoints=every_save",
-                             "train.resume_from=alice/run"), check=False)  # fmt: skip
-    assert bad.returncode == 2
-    assert "push_checkpoints needs train.push_to_hub" in bad.stderr
-    assert "resume_from must be hub:OWNER/NAME[@REVISION], got 'alice/run'" in bad.stderr
-    offline = run_cli(train_args(out, "train.resume_from=hub:alice/run"), check=False)
-    assert offline.returncode == 2
-    assert offline.stderr.strip().splitlines()[-1] == (
-        "error: resuming from hub:alice/run needs the network but HF_HUB_OFFLINE is set"
-    )
-    assert not (out / "metrics.jsonl").exists()
+def test_resume_from_and_push_checkpoints_are_checked_up_front(capsys, tmp_path):
+    from pipeline.config import ConfigError, load_config
+    from pipeline.train_config import RunConfig
+
+    with pytest.raises(ConfigError) as err:
+        load_config(RunConfig, RECIPE, ["train.push_checkpoints=every_save",
+                                        "train.resume_from=alice/run"])  # fmt: skip
+    assert "push_checkpoints needs train.push_to_hub" in str(err.value)
+    assert "resume_from must be hub:OWNER/NAME[@REVISION], got 'alice/run'" in str(err.value)
+    out = tmp_path / "run"  # HF_HUB_OFFLINE=1 in the tests: refused before anything is built
+    code, last = run_main(capsys, train_args(out, "train.resume_from=hub:alice/run"))
+    assert code == 2
+    assert last == "error: resuming from hub:alice/run needs the network but HF_HUB_OFFLINE is set"
+    assert not out.exists()
