@@ -60,6 +60,15 @@ def test_a_recipe_is_found_by_name_from_any_folder(monkeypatch, tmp_path):
         load_config(RunConfig, "mlm/nope")
 
 
+def test_slurm_submit_takes_a_recipe_name(monkeypatch, tmp_path):
+    from pipeline.slurm import SubmitRequest, plan_submission
+
+    monkeypatch.chdir(tmp_path)
+    plan = plan_submission(SubmitRequest("mlm/tiny", ["train.max_steps=5"], gpus_per_node=0))
+    assert plan.variables["CONFIG"] == str(ROOT / "configs" / "mlm" / "tiny.yaml")
+    assert plan.variables["OVERRIDES"] == "train.max_steps=5"
+
+
 def test_the_wheel_ships_configs_and_slurm_and_finds_them_without_a_checkout(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
