@@ -77,8 +77,7 @@ class Trainer:
         self.ctx = EngineContext(cfg=cfg, run_dir=self.run_dir, accelerator=self.accelerator)
         if self.ctx.is_main:
             config_lib.dump_yaml(cfg, self.run_dir / "config.yaml")
-            if self.accelerator.trackers is not None and cfg.log.trackers:
-                self.accelerator.init_trackers("pipeline", config=config_lib.flatten(resolved))
+            setup.init_trackers(self.accelerator, cfg, self.run_dir, config_lib.flatten(resolved))
             write_run_info(self.run_dir, self.accelerator, self.accum)
         self.stop = StopFlag().install()
         self.hooks = Hooks([faults.install()])  # empty outside fault-injection tests
