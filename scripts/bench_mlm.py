@@ -78,13 +78,16 @@ def training_table(args: argparse.Namespace, out: Path) -> tuple[str, list[dict]
         results.append({"preset": preset, "ours": ours, "trainer": peer})
         for label, r in (("ours", ours), ("Trainer", peer)):
             if "error" in r:
-                rows.append([preset, label, r["error"], "-", "-", "-", "-"])
+                rows.append([preset, label, r["error"], "-", "-", "-", "-", "-"])
                 continue
+            runs = r["tokens_per_s_all"]
             rows.append([
-                preset, label, r["tokens_per_s"], report.ratio(r["tokens_per_s"], peer.get("tokens_per_s")),
+                preset, label, r["tokens_per_s"], f"{min(runs):,.0f}-{max(runs):,.0f}",
+                report.ratio(r["tokens_per_s"], peer.get("tokens_per_s")),
                 r["peak_mem_mb"], report.ratio(r["peak_mem_mb"], peer.get("peak_mem_mb")), r["loss"],
             ])  # fmt: skip
-    headers = ["model", "trainer", "tokens/s", "vs Trainer", "peak MB", "vs Trainer", "loss"]
+    headers = ["model", "trainer", "tokens/s (median)", "runs (min-max)", "vs Trainer", "peak MB",
+               "vs Trainer", "loss"]  # fmt: skip
     return report.markdown_table(headers, rows), results
 
 

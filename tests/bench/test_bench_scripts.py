@@ -34,7 +34,7 @@ def test_bench_mlm_table(tmp_path):
         "--out", str(tmp_path / "w"), "--json", str(tmp_path / "r.json"), "--set", *SMALL_BERT,
     ])  # fmt: skip
     assert "device: CPU" in out and "torch " in out
-    assert "| model | trainer | tokens/s | vs Trainer | peak MB | vs Trainer | loss |" in out
+    assert "| model | trainer | tokens/s (median) | runs (min-max) | vs Trainer | peak MB |" in out
     assert "| data preparation " in out and "vs run_mlm" in out
     result = json.loads((tmp_path / "r.json").read_text())
     (row,) = result["training"]
