@@ -85,7 +85,7 @@ def digits(args: argparse.Namespace) -> None:
             overrides.append(f"train.max_steps={args.steps}")
         if args.seed is not None:
             overrides.append(f"train.seed={args.seed}")
-        cfg = load_config(RunConfig, ROOT / "configs/ebm/cd-digits.yaml", overrides)
+        cfg = load_config(RunConfig, ROOT / f"configs/ebm/{args.recipe}.yaml", overrides)
         t = time.perf_counter()
         from pipeline.workflow import train_and_export
 
@@ -102,21 +102,21 @@ def digits(args: argparse.Namespace) -> None:
     mask = mask_for("right-half", tuple(info["input_shape"]))
     lv = info.get("langevin", {})
     inpaint = inpainting(
-        net, train_x, heldout, mask, args.infer_steps, args.infer_step_size or lv["step_size"],
-        lv.get("grad_clip"),
+        net, train_x, heldout, mask, args.infer_steps, args.infer_step_size, lv.get("grad_clip", 0.1),
     )  # fmt: skip
     g = torch.Generator().manual_seed(0)
     start = torch.rand(64, *info["input_shape"], generator=g)
     spec = LangevinSpec(
-        steps=args.sample_steps, step_size=lv["step_size"], noise_scale=lv["noise_scale"],
-        grad_clip=lv.get("grad_clip"), bounds=(0.0, 1.0),
+        steps=args.sample_steps, step_size=lv.get("step_size", 1.0),
+        noise_scale=lv.get("noise_scale", 0.01), grad_clip=lv.get("grad_clip", 0.1),
+        bounds=(0.0, 1.0),
     )  # fmt: skip
     samples = langevin(net, start, spec, g)
     plots.image_grid(
         out / "samples.png", samples, f"Langevin from noise, {args.sample_steps} steps"
     )
     rows = {
-        "held-out digits": len(heldout),
+        "held-out digits": str(len(heldout)),
         "train s": f"{seconds:.0f}" if seconds is not None else "(export)",
         "AUROC vs pixel-permuted": f"{scores['auroc_permuted']:.4f}",
         "AUROC vs uniform noise": f"{scores['auroc_uniform']:.4f}",
@@ -136,8 +136,9 @@ def main() -> None:
     p.add_argument("--digits", action="store_true", help="the digits image EBM instead of 2-D")
     p.add_argument("--export", help="--digits: measure this export instead of training")
     p.add_argument("--out", help="--digits: folder for the run, samples.png and digits.json")
-    p.add_argument("--infer-steps", type=int, default=100)
-    p.add_argument("--infer-step-size", type=float, default=None)
+    p.add_argument("--recipe", default="cd-digits", help="--digits: configs/ebm/RECIPE.yaml")
+    p.add_argument("--infer-steps", type=int, default=50)
+    p.add_argument("--infer-step-size", type=float, default=0.3)
     p.add_argument("--sample-steps", type=int, default=200)
     p.add_argument("overrides", nargs="*", help="--digits: recipe overrides key=value")
     p.add_argument("--toys", nargs="+", default=["8gaussians", "rings", "2spirals", "checkerboard"])

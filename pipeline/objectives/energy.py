@@ -228,6 +228,14 @@ class EnergyObjective(Objective):
                 ctx.plots_dir / f"energy_step{step:06d}.png", self.grid, e, self.data.train.x,
                 negatives, self.true_grid_logp, f"{self.cfg.name} step {step}",
             )  # fmt: skip
+            arrows = Grid(self.grid.lo, self.grid.hi, 20).points()
+            x = arrows.to(next(module.scorer.parameters()).device).requires_grad_(True)
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(module.scorer(x).sum(), x)
+            plots.topographic_map(
+                ctx.plots_dir / f"topographic_step{step:06d}.png", self.grid, e, -grad.cpu(),
+                self.data.train.x, None, arrows, f"{self.cfg.name} step {step}: E and -grad E",
+            )  # fmt: skip
         elif len(self.shape) == 3 and negatives is not None:
             plots.image_grid(
                 ctx.plots_dir / f"samples_step{step:06d}.png", negatives,

@@ -109,6 +109,6 @@ def test_one_line_errors(trained, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not an energy model export" in err[0], err
     # a dataset of a different shape than the model takes
-    assert main(["energy", str(export), "data.path=sklearn:digits", "data.image_size=[4]",
+    assert main(["energy", str(export), "data.path=sklearn:digits", "data.image_column=image", "data.image_size=[4]",
                  "--output", str(tmp_path / "x.npy")]) == 2  # fmt: skip
     assert "shape (1, 4, 4), but the energy model takes (1, 8, 8)" in capsys.readouterr().err

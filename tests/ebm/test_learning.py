@@ -59,6 +59,7 @@ def test_learns_8_gaussians(tmp_path, recipe, bound):
     if recipe == "nce-2d":  # self-normalised: the learned constant is the quadrature log Z
         assert abs(final["log_z_gap"]) < 0.15, final
     assert list((tmp_path / "plots").glob("energy_step*.png"))
+    assert list((tmp_path / "plots").glob("topographic_step*.png"))  # contours + -grad E
 
     # the export is the same density: reloaded energy + its log_z integrate to 1
     net, info = load_energy(str(tmp_path / "export"))
