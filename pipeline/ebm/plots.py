@@ -110,16 +110,16 @@ def topographic_map(
     if data is not None:
         d = data[:max_points].cpu()
         ax.scatter(d[:, 0], d[:, 1], s=1, c="white", alpha=0.4)
-    a = arrow_points.cpu()
+    a = arrow_points.detach().cpu()
 
     def unit(v: torch.Tensor) -> torch.Tensor:  # arrows show direction; length ~ sqrt(norm)
         norm = v.norm(dim=1, keepdim=True).clamp_min(1e-12)
         return v / norm * norm.sqrt() / norm.sqrt().max()
 
-    g = unit(minus_grad.cpu())
+    g = unit(minus_grad.detach().cpu())
     ax.quiver(a[:, 0], a[:, 1], g[:, 0], g[:, 1], color="black", width=0.003, label="-grad E")
     if dae_field is not None:
-        r = unit(dae_field.cpu())
+        r = unit(dae_field.detach().cpu())
         ax.quiver(a[:, 0], a[:, 1], r[:, 0], r[:, 1], color="red", width=0.003, label="r(x) - x")
     ax.legend(loc="upper right", fontsize=7)
     ax.set_title(title)

@@ -229,7 +229,7 @@ class EnergyObjective(Objective):
                 negatives, self.true_grid_logp, f"{self.cfg.name} step {step}",
             )  # fmt: skip
             arrows = Grid(self.grid.lo, self.grid.hi, 20).points()
-            x = arrows.to(next(module.scorer.parameters()).device).requires_grad_(True)
+            x = arrows.to(next(module.scorer.parameters()).device).clone().requires_grad_(True)
             with torch.enable_grad():
                 (grad,) = torch.autograd.grad(module.scorer(x).sum(), x)
             plots.topographic_map(

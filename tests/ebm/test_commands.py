@@ -13,6 +13,7 @@ from PIL import Image
 
 from pipeline.__main__ import main
 from pipeline.config import load_config
+from pipeline.ebm.evaluate import auroc, ood_aurocs
 from pipeline.ebm.export import EnergyNetwork, load_energy
 from pipeline.ebm.infer import mask_for
 from pipeline.train_config import RunConfig
@@ -70,10 +71,16 @@ def test_energy_command_scores_every_example_in_order(trained, tmp_path):
     with torch.no_grad():
         direct = net(torch.from_numpy(images[[0, 123, 299]]).unsqueeze(1)).numpy()
     np.testing.assert_allclose(e[[0, 123, 299]], direct, rtol=1e-5, atol=1e-6)  # in order
-    # the trained energy ranks digits below noise (random init does not, see test_digits)
-    noise = torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        assert float((net(noise) > torch.from_numpy(e)).float().mean()) > 0.9
+    # the trained energy ranks digits below pixel-permuted digits and uniform noise; the same
+    # network at its random initialisation does not (permuted digits keep the pixel values)
+    x = torch.from_numpy(images).unsqueeze(1)
+    trained_auc = ood_aurocs(net, x)
+    torch.manual_seed(0)
+    untrained_auc = ood_aurocs(
+        EnergyNetwork(json.loads((export / "config.json").read_text())["model"], [1, 8, 8]), x
+    )
+    assert trained_auc["auroc_permuted"] > 0.9 and trained_auc["auroc_uniform"] > 0.9, trained_auc
+    assert untrained_auc["auroc_permuted"] < 0.8, untrained_auc
 
 
 def test_infer_completes_the_right_half(trained, tmp_path):
@@ -112,3 +119,10 @@ def test_one_line_errors(trained, tmp_path, capsys):
     assert main(["energy", str(export), "data.path=sklearn:digits", "data.image_column=image", "data.image_size=[4]",
                  "--output", str(tmp_path / "x.npy")]) == 2  # fmt: skip
     assert "shape (1, 4, 4), but the energy model takes (1, 8, 8)" in capsys.readouterr().err
+
+
+def test_auroc_is_the_mann_whitney_statistic():
+    assert auroc(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0])) == 1.0
+    assert auroc(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 0.0
+    assert auroc(torch.tensor([1.0, 1.0]), torch.tensor([1.0])) == 0.5  # ties count half
+    assert abs(auroc(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 3.0])) - 0.75) < 1e-12
