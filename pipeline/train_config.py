@@ -46,6 +46,13 @@ class DataConfig:
     """Fraction of training documents held out for evaluation when data.eval_path is not given."""
     text_column: str = "text"
     """Column holding the text."""
+    image_column: str | None = None
+    """Energy objectives: column of images (PIL images or arrays (H, W), (H, W, C), (C, H, W)),
+    converted by pipeline/ebm/data.py (integers / 255, floats as they are; data.image_size)."""
+    feature_columns: list[str] | None = None
+    """Energy objectives: numeric columns, one coordinate each (a point per row)."""
+    image_size: list[int] | None = None
+    """Energy objectives: resize every image to [H, W] (or [S] for S x S), bilinear."""
     streaming: bool = False
     """Stream the corpus (larger than memory or disk); each process reads its own share of the
     documents (its shards, or every world_size-th document when there are fewer shards)."""
@@ -73,6 +80,14 @@ class DataConfig:
         problems = source_problems(self) + check_minimums(
             self, {"shuffle_buffer": 0, "eval_documents": 0}
         )
+        if self.image_size is not None and (
+            len(self.image_size) not in (1, 2) or min(self.image_size) < 1
+        ):
+            problems.append(
+                f"image_size must be [H, W] or [S] of positive sizes, got {self.image_size}"
+            )
+        if self.image_column and self.feature_columns:
+            problems.append("set one of image_column and feature_columns, not both")
         if self.block_size < 8:
             problems.append(f"block_size must be at least 8, got {self.block_size}")
         return problems

@@ -3,8 +3,24 @@
 `data.path` (and `data.eval_path`) take
   - `toy:NAME`: a built-in 2-D density (toys.py); eval points are a fresh independent sample,
   - `.npy` / `.csv` files of points (one row per point, numeric columns; a CSV header is skipped),
-  - `sklearn:digits`: scikit-learn's 8x8 digits (shipped with the wheel), scaled to [0, 1].
-Without `data.eval_path`, files and digits hold out `data.eval_fraction` of the rows.
+  - `sklearn:digits`: scikit-learn's 8x8 digits (shipped with the wheel), served as a
+    `datasets.Dataset` with an `image` column of float arrays in [0, 1] (the path below),
+  - anything `datasets` reads: a Hub name (`data.name`, `data.split`), local .parquet / .arrow /
+    .csv / .json / .jsonl files, a `save_to_disk` folder or an image folder (`imagefolder`).
+    Rows become examples through `data.image_column` or `data.feature_columns` (a .csv with
+    either set goes this way too).
+Without `data.eval_path`, files and datasets hold out `data.eval_fraction` of the rows;
+`data.eval_path=split:NAME` reads split NAME of the same dataset.
+
+The image transform (`image_tensor`), applied to every value of `data.image_column`:
+  - a PIL image becomes an array: modes L/1/P/I/F as one channel (P via L), others as RGB;
+  - arrays are (H, W) -> one channel, (C, H, W) when C <= 4 < W, else (H, W, C);
+  - integer pixels (PIL images, uint8 arrays) are divided by 255, floats are kept as they are;
+  - with `data.image_size` [H, W] (or [S]) each image is resized bilinearly (antialiased);
+    without it every image must have the same size.
+The result is float32 (N, C, H, W). Problems (a missing column, a value that is not an image,
+mixed sizes, non-numeric or NaN features) raise `DataError` naming the source and the column
+(and row) before any training.
 """
 
 from __future__ import annotations
@@ -48,18 +64,50 @@ class PointData:
     """The known density when data.path is a built-in toy (enables kl and tv)."""
 
 
+@dataclass
+class Columns:
+    """How rows of a `datasets` table become examples (data.name/split/image_column/...)."""
+
+    image_column: str | None = None
+    feature_columns: list[str] | None = None
+    image_size: list[int] | None = None
+    name: str | None = None
+    split: str = "train"
+
+    @classmethod
+    def of(cls, data: object) -> Columns:
+        """From a DataConfig (any object with these attributes; missing ones take defaults)."""
+        return cls(**{k: getattr(data, k) for k in cls.__dataclass_fields__ if hasattr(data, k)})
+
+    @property
+    def set(self) -> bool:
+        return bool(self.image_column or self.feature_columns)
+
+
 def load_points(
     paths: list[str], eval_paths: list[str] | None, num_train: int, num_eval: int,
-    eval_fraction: float, seed: int,
+    eval_fraction: float, seed: int, columns: Columns | None = None,
 ) -> PointData:  # fmt: skip
+    columns = columns or Columns()
     g = torch.Generator().manual_seed(seed)
     toy = None
-    if len(paths) == 1 and paths[0].startswith("toy:"):
+    if eval_paths and len(eval_paths) == 1 and eval_paths[0].startswith("split:"):
+        split = eval_paths[0].split(":", 1)[1]
+        eval_cols = Columns(**{**columns.__dict__, "split": split})
+        eval_paths = None
+        train, ev = read_examples(paths, "data.path", columns), None
+        ev = read_examples(paths, "data.eval_path", eval_cols)
+        if ev.shape[1:] != train.shape[1:]:
+            raise DataError(
+                f"data.eval_path split {split!r} has examples of shape {tuple(ev.shape[1:])} "
+                f"but the training split has {tuple(train.shape[1:])}"
+            )
+    elif len(paths) == 1 and paths[0].startswith("toy:"):
         toy = _toy(paths[0], "data.path")
         train = toy.sample(num_train, g)
         ev = None if eval_paths else toy.sample(num_eval, g)
     else:
-        train = _rows(paths, "data.path")
+        train = read_examples(paths, "data.path", columns)
         ev = None
         if not eval_paths:
             if not 0 < eval_fraction < 1:
@@ -71,7 +119,7 @@ def load_points(
         if len(eval_paths) == 1 and eval_paths[0].startswith("toy:"):
             ev = _toy(eval_paths[0], "data.eval_path").sample(num_eval, g)
         else:
-            ev = _rows(eval_paths, "data.eval_path")
+            ev = read_examples(eval_paths, "data.eval_path", columns)
         if ev.shape[1:] != train.shape[1:]:
             raise DataError(
                 f"data.eval_path points have shape {tuple(ev.shape[1:])} but data.path points "
@@ -90,17 +138,209 @@ def _toy(path: str, key: str) -> Toy:
         raise DataError(f"{key}: {err.args[0]}") from None
 
 
-def _rows(paths: list[str], key: str) -> torch.Tensor:
+def read_examples(paths: list[str], key: str, columns: Columns | None = None) -> torch.Tensor:
+    """Every example of `paths`, in order: (N, *shape) float32 (points or (C, H, W) images)."""
+    columns = columns or Columns()
     if len(paths) == 1 and paths[0] == "sklearn:digits":
-        from sklearn.datasets import load_digits
-
-        images = load_digits().images.astype(np.float32) / 16.0
-        return torch.from_numpy(images).unsqueeze(1)  # (N, 1, 8, 8)
-    parts = [_read_file(p, key) for p in paths]
+        return table_examples(digits_dataset(), "sklearn:digits", _digit_columns(columns))
+    if len(paths) == 1 and paths[0].startswith("toy:"):
+        raise DataError(f"{key}: {paths[0]} is a density, not a dataset of examples")
+    suffixes = {Path(p).suffix.lower() for p in paths}
+    plain = suffixes <= {".npy"} or (suffixes <= {".csv", ".txt"} and not columns.set)
+    if plain:
+        parts = [_read_file(p, key) for p in paths]
+    else:
+        table, source = open_table(paths, key, columns)
+        parts = [table_examples(table, source, columns)]
     widths = {p.shape[1:] for p in parts}
     if len(widths) > 1:
         raise DataError(f"{key}: files have different point shapes {sorted(widths)}")
     return torch.cat(parts)
+
+
+def _digit_columns(columns: Columns) -> Columns:
+    if columns.feature_columns:
+        return columns
+    return Columns(**{**columns.__dict__, "image_column": columns.image_column or "image"})
+
+
+def digits_dataset():
+    """scikit-learn's 8x8 digits as a `datasets.Dataset`: `image` (8x8 float32 in [0, 1]),
+    `label`, and `pixel_0` ... `pixel_63` for data.feature_columns."""
+    import datasets
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = d.images.astype(np.float32) / 16.0
+    cols = {"image": list(images), "label": d.target.astype(np.int64)}
+    cols.update({f"pixel_{i}": images.reshape(len(images), -1)[:, i] for i in range(64)})
+    return datasets.Dataset.from_dict(cols)
+
+
+BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json",
+            ".jsonl": "json"}  # fmt: skip
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def open_table(paths: list[str], key: str, columns: Columns):
+    """(a `datasets.Dataset`, a description for messages) for local files, a saved dataset,
+    an image folder or a Hub name."""
+    import datasets
+
+    first = Path(paths[0]).expanduser()
+    desc = ", ".join(paths)
+    try:
+        if first.is_dir():
+            if len(paths) > 1:
+                raise DataError(f"{key}: give one folder, not {len(paths)} paths")
+            if (first / "dataset_info.json").is_file() or (first / "dataset_dict.json").is_file():
+                table = datasets.load_from_disk(str(first))
+                if isinstance(table, datasets.DatasetDict):
+                    if columns.split not in table:
+                        raise DataError(
+                            f"{key}: {desc} has splits {sorted(table)}, not data.split="
+                            f"{columns.split!r}"
+                        )
+                    table = table[columns.split]
+                return table, desc
+            if any(f.suffix.lower() in IMAGE_SUFFIXES for f in first.rglob("*") if f.is_file()):
+                table = datasets.load_dataset("imagefolder", data_dir=str(first), split="train")
+                return table, desc
+            raise DataError(
+                f"{key}: folder {desc} is neither a saved dataset (save_to_disk) nor an image folder"
+            )
+        local = [Path(p).expanduser() for p in paths]
+        if any(p.suffix.lower() in BUILDERS for p in local):
+            missing = [str(p) for p in local if not p.is_file()]
+            if missing:
+                raise DataError(f"{key}: {missing[0]!r} is not a file")
+            builders = {BUILDERS.get(p.suffix.lower()) for p in local}
+            if len(builders) != 1 or None in builders:
+                raise DataError(f"{key}: mixed or unknown file types in {desc}")
+            files = [str(p) for p in local]
+            table = datasets.load_dataset(builders.pop(), data_files=files, split="train")
+            return table, desc
+        if len(paths) > 1:
+            raise DataError(f"{key}: {desc}: one Hub dataset at a time")
+        if ":" in paths[0] or first.suffix:
+            raise DataError(
+                f"{key}: {paths[0]!r} is not a file, folder or Hub dataset (built-in: "
+                "sklearn:digits, toy:8gaussians, toy:rings, toy:2spirals, toy:checkerboard)"
+            )
+        table = datasets.load_dataset(paths[0], columns.name, split=columns.split)
+        return table, paths[0] + (f" ({columns.name})" if columns.name else "")
+    except DataError:
+        raise
+    except Exception as err:  # datasets' own errors: one line naming the source
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{key}: cannot read {desc}: {msg}") from None
+
+
+def table_examples(table, source: str, columns: Columns) -> torch.Tensor:
+    """Examples of a `datasets.Dataset`: images of `image_column` or points of
+    `feature_columns` (or the table's only image column when neither is set)."""
+    names = list(table.column_names)
+    if not columns.set:
+        import datasets
+
+        images = [c for c, f in table.features.items() if isinstance(f, datasets.Image)]
+        if len(images) == 1:
+            columns = Columns(**{**columns.__dict__, "image_column": images[0]})
+        else:
+            raise DataError(
+                f"{source}: set data.image_column or data.feature_columns; columns: "
+                f"{', '.join(names)}"
+            )
+    wanted = [columns.image_column] if columns.image_column else list(columns.feature_columns)
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise DataError(f"{source}: no column {missing[0]!r}; columns: {', '.join(names)}")
+    if len(table) == 0:
+        raise DataError(f"{source}: no rows")
+    if columns.image_column:
+        col = columns.image_column
+        size = _size(columns.image_size)
+        images = [image_tensor(v, f"{source}, column {col!r}, row {i}", size)
+                  for i, v in enumerate(table[col])]  # fmt: skip
+        shapes = {tuple(t.shape) for t in images}
+        if len(shapes) > 1:
+            first = tuple(images[0].shape)
+            row = next(i for i, t in enumerate(images) if tuple(t.shape) != first)
+            raise DataError(
+                f"{source}, column {col!r}: images of different sizes ({first} at row 0, "
+                f"{tuple(images[row].shape)} at row {row}); set data.image_size=[H, W]"
+            )
+        x = torch.stack(images)
+    else:
+        cols = []
+        for c in wanted:
+            try:
+                v = np.asarray(table[c], dtype=np.float32)
+            except (TypeError, ValueError):
+                raise DataError(
+                    f"{source}: column {c!r} is not numeric ({table.features[c]})"
+                ) from None
+            if v.ndim != 1:
+                raise DataError(f"{source}: column {c!r} holds {v.ndim - 1}-D values, not numbers")
+            cols.append(v)
+        x = torch.from_numpy(np.stack(cols, axis=1))
+        col = None
+    bad = ~torch.isfinite(x.flatten(1))
+    if bad.any():
+        row, pos = (int(v) for v in bad.nonzero()[0])
+        name = col if col is not None else wanted[pos]
+        raise DataError(
+            f"{source}: column {name!r} holds NaN or infinite values ({int(bad.sum())}), "
+            f"first at row {row}"
+        )
+    return x
+
+
+def _size(size: list[int] | None) -> tuple[int, int] | None:
+    if not size:
+        return None
+    return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
+
+
+def image_tensor(value: object, where: str, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """One image value (PIL image, array or nested list) -> float32 (C, H, W); see the module
+    docstring for the transform."""
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        mode = "L" if value.mode in ("L", "1", "P", "I", "F", "I;16") else "RGB"
+        arr = np.asarray(value.convert(mode))
+        if value.mode in ("I", "F", "I;16"):
+            arr = np.asarray(value, dtype=np.float32)
+    elif isinstance(value, dict) and ("bytes" in value or "path" in value):
+        raise DataError(f"{where}: an undecoded image (cast the column to datasets.Image)")
+    else:
+        try:
+            arr = np.asarray(value)
+        except (TypeError, ValueError):
+            arr = np.asarray([], dtype=object)
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
+    ) or arr.ndim not in (2, 3):  # fmt: skip
+        kind = type(value).__name__
+        raise DataError(
+            f"{where}: not an image ({kind}"
+            + (f" of shape {arr.shape}" if arr.dtype != object and arr.ndim else "")
+            + "); expected a PIL image or an array (H, W), (H, W, C) or (C, H, W)"
+        )
+    integer = np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    if integer and arr.dtype != np.bool_:
+        t = t / 255.0
+    if t.dim() == 2:
+        t = t.unsqueeze(0)
+    elif not (t.shape[0] <= 4 < t.shape[2]):
+        t = t.permute(2, 0, 1)
+    if size is not None and tuple(t.shape[1:]) != size:
+        t = torch.nn.functional.interpolate(
+            t[None], size=size, mode="bilinear", align_corners=False, antialias=True
+        )[0]
+    return t.contiguous()
 
 
 def _read_file(path: str, key: str) -> torch.Tensor:

@@ -10,7 +10,11 @@ the Metropolis-Hastings probability for exp(-E / T), T = noise_scale^2 / (2 * st
 once CD sharpens the energy (wells narrower than about sqrt(step_size)), unadjusted steps
 overshoot the wells, the chains fly off to high energy, CD pushes the data energy down without
 bound and training diverges; MALA rejects those overshoots, so the chains stay where they are
-instead. It costs no extra energy evaluations (E comes with the gradient).
+instead. Cost: one energy+gradient evaluation per step, as the unadjusted sampler, plus ONE
+per chain (the start point's): E(y) and grad E(y) of each proposal come from the same
+backward pass and are cached for the next step when it is accepted (x keeps its cached
+values when rejected). So `steps` + 1 evaluations instead of `steps`, plus the accept/reject
+arithmetic (tests/ebm/test_density.py counts them; BENCHMARKS.md times them).
 """
 
 from __future__ import annotations

@@ -65,3 +65,65 @@ def image_grid(path: Path, images: torch.Tensor, title: str = "", columns: int =
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def completion_rows(
+    path: Path, inputs: torch.Tensor, completions: torch.Tensor, truth: torch.Tensor,
+    mask: torch.Tensor, title: str = "", columns: int = 12,
+) -> None:  # fmt: skip
+    """Images side by side: the masked inputs (missing pixels grey), the completions, the truth."""
+    n = min(columns, len(inputs))
+    shown = inputs[:n].detach().float().cpu().clone()
+    shown[:, mask] = 0.5
+    rows = [("input", shown), ("completion", completions[:n]), ("truth", truth[:n])]
+    fig, axes = plt.subplots(3, n, figsize=(n * 0.9, 3 * 0.95), squeeze=False)
+    lo = float(min(truth.min(), completions.min(), 0))
+    hi = float(max(truth.max(), completions.max(), 1))
+    for r, (name, imgs) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.axis("off")
+            img = imgs[c].detach().float().cpu().permute(1, 2, 0).squeeze(-1).numpy()
+            ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
+        axes[r][0].set_title(name, fontsize=7, loc="left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def topographic_map(
+    path: Path, grid: Grid, grid_energy: torch.Tensor, minus_grad: torch.Tensor,
+    data: torch.Tensor | None = None, dae_field: torch.Tensor | None = None,
+    arrow_points: torch.Tensor | None = None, title: str = "", max_points: int = 1000,
+) -> None:  # fmt: skip
+    """Energy contours of a 2-D energy with -grad E arrows (black) at `arrow_points`, and the
+    denoising autoencoder's reconstruction field r(x) - x (red) at the same points when given:
+    both point up the density."""
+    n = grid.size
+    pts = grid.points()
+    e = grid_energy.double().view(n, n).cpu().numpy()
+    xs, ys = pts[:, 0].view(n, n).cpu().numpy(), pts[:, 1].view(n, n).cpu().numpy()
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    ax.contourf(xs, ys, e, levels=30, cmap="viridis")
+    ax.contour(xs, ys, e, levels=15, colors="white", linewidths=0.4)
+    if data is not None:
+        d = data[:max_points].cpu()
+        ax.scatter(d[:, 0], d[:, 1], s=1, c="white", alpha=0.4)
+    a = arrow_points.detach().cpu()
+
+    def unit(v: torch.Tensor) -> torch.Tensor:  # arrows show direction; length ~ sqrt(norm)
+        norm = v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return v / norm * norm.sqrt() / norm.sqrt().max()
+
+    g = unit(minus_grad.detach().cpu())
+    ax.quiver(a[:, 0], a[:, 1], g[:, 0], g[:, 1], color="black", width=0.003, label="-grad E")
+    if dae_field is not None:
+        r = unit(dae_field.detach().cpu())
+        ax.quiver(a[:, 0], a[:, 1], r[:, 0], r[:, 1], color="red", width=0.003, label="r(x) - x")
+    ax.legend(loc="upper right", fontsize=7)
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -82,3 +82,24 @@ def grid_stats(energy: nn.Module, grid: Grid, true_log_p: torch.Tensor | None) -
     e = grid_energies(energy, grid)
     tv = None if true_log_p is None else total_variation(e, true_log_p.to(e.device), grid)
     return GridStats(log_partition(e, grid), tv)
+
+
+def outside_mass(energy: nn.Module, grid: Grid, widen: float = 3.0) -> float:
+    """The fraction of exp(-E)'s mass that lies outside `grid`'s box, measured by quadrature
+    on a box `widen` times as wide (same centre, same cell size). log Z on `grid` is low by
+    -log(1 - this) nats (plus whatever lies beyond the wide box, unmeasured)."""
+    cx, cy = ((grid.lo[0] + grid.hi[0]) / 2, (grid.lo[1] + grid.hi[1]) / 2)
+    hx, hy = ((grid.hi[0] - grid.lo[0]) * widen / 2, (grid.hi[1] - grid.lo[1]) * widen / 2)
+    size = int(round(grid.size * widen))
+    wide = Grid((cx - hx, cy - hy), (cx + hx, cy + hy), size)
+    e = grid_energies(energy, wide)
+    pts = wide.points().double()
+    inside = (
+        (pts[:, 0] >= grid.lo[0]) & (pts[:, 0] <= grid.hi[0])
+        & (pts[:, 1] >= grid.lo[1]) & (pts[:, 1] <= grid.hi[1])
+    )  # fmt: skip
+    log_w = -e
+    total = torch.logsumexp(log_w, 0)
+    if (~inside).any():
+        return float(torch.exp(torch.logsumexp(log_w[~inside], 0) - total))
+    return 0.0

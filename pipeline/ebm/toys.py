@@ -102,7 +102,37 @@ def two_spirals(points_per_arm: int = 400, sigma: float = 0.12) -> Toy:
     return GaussianMixture(torch.cat([arm, -arm]), sigma)
 
 
+class Banana(Toy):
+    """x1 ~ N(0, 1.2^2), x2 | x1 ~ N(0.4 x1^2 - 1.5, 0.35^2): a curved ridge (a shear of a
+    Gaussian with unit Jacobian, so the density is exact). Not used to tune any recipe."""
+
+    def __init__(self, s1: float = 1.2, s2: float = 0.35, bend: float = 0.4, shift: float = 1.5):
+        self.s1, self.s2, self.bend, self.shift = s1, s2, bend, shift
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        z = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+        x1 = self.s1 * z[:, 0]
+        x2 = self.s2 * z[:, 1] + self.bend * x1**2 - self.shift
+        return torch.stack([x1, x2], dim=1).float()
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.double()
+        r = x[:, 1] - self.bend * x[:, 0] ** 2 + self.shift
+        return (
+            -0.5 * (x[:, 0] / self.s1) ** 2 - 0.5 * (r / self.s2) ** 2
+            - LOG_2PI - math.log(self.s1 * self.s2)
+        )  # fmt: skip
+
+
+def grid9() -> Toy:
+    """A 3 x 3 grid of Gaussians (spacing 1.5, std 0.2). Not used to tune any recipe."""
+    v = torch.tensor([-1.5, 0.0, 1.5], dtype=torch.float64)
+    return GaussianMixture(torch.cartesian_prod(v, v), 0.2)
+
+
 TOYS: dict[str, Callable[[], Toy]] = {
+    "banana": Banana,
+    "grid9": grid9,
     "8gaussians": eight_gaussians,
     "rings": lambda: Rings((0.75, 1.5, 2.25), 0.15),
     "2spirals": two_spirals,

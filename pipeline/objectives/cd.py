@@ -184,6 +184,7 @@ class ContrastiveDivergence(EnergyObjective):
                 "step_size": s.step_size,
                 "noise_scale": s.noise_scale,
                 "metropolis": s.metropolis,
+                "grad_clip": s.grad_clip,
             },
         }
 

@@ -1,5 +1,5 @@
 """What the point-data energy objectives (cd, nce) share: the energy module with its weight
-average and exact 2-D evaluation, data, plots and export. Each objective adds its loss (an
+average and 2-D evaluation by quadrature, data, plots and export. Each objective adds its loss (an
 `EnergyModule` subclass with `training_loss`) and its own config fields.
 
 Weight averaging: persistent CD's raw weights swing from one evaluation to the next (mode
@@ -13,22 +13,20 @@ The math (toys, Langevin, quadrature, plots) is in pipeline/ebm/, which imports 
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from pipeline import config as config_lib
 from pipeline import registry
 from pipeline.config import ConfigError, check_minimums
 from pipeline.ebm import plots
-from pipeline.ebm.data import PointData, load_points
-from pipeline.ebm.export import EXPORT_CONFIG
-from pipeline.ebm.quadrature import Grid, GridStats, grid_energies, grid_stats
+from pipeline.ebm.data import Columns, PointData, load_points
+from pipeline.ebm.export import save_energy
+from pipeline.ebm.quadrature import Grid, GridStats, grid_energies, grid_stats, outside_mass
 from pipeline.engine.launch import accumulation_steps
 from pipeline.objectives.base import Datasets, Objective, ObjectiveConfig, Task
 from pipeline.protocols import RunContext
@@ -124,7 +122,7 @@ class EnergyConfig(ObjectiveConfig):
     ema: float = 0.995
     """Decay of the weight average used for evaluation, plots and export (0 = raw weights)."""
     density_metrics: bool | Literal["auto"] = "auto"
-    """Exact nll/kl/tv by quadrature: auto = for 2-D data; true = required (2-D data only)."""
+    """nll/kl/tv by midpoint quadrature on a box around the data: auto = for 2-D data; true = required (2-D data only)."""
     grid_size: int = 200
     """Quadrature grid points per axis."""
     grid_margin: float = 0.25
@@ -156,7 +154,7 @@ class EnergyObjective(Objective):
         d = ctx.cfg.data
         self.data: PointData = load_points(
             d.path, d.eval_path, self.cfg.num_train, self.cfg.num_eval, d.eval_fraction,
-            ctx.cfg.train.seed,
+            ctx.cfg.train.seed, Columns.of(d),
         )  # fmt: skip
         self.shape = self.data.train.shape
         self.grid, self.true_grid_logp = self._grid(ctx)
@@ -230,6 +228,14 @@ class EnergyObjective(Objective):
                 ctx.plots_dir / f"energy_step{step:06d}.png", self.grid, e, self.data.train.x,
                 negatives, self.true_grid_logp, f"{self.cfg.name} step {step}",
             )  # fmt: skip
+            arrows = Grid(self.grid.lo, self.grid.hi, 20).points()
+            x = arrows.to(next(module.scorer.parameters()).device).clone().requires_grad_(True)
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(module.scorer(x).sum(), x)
+            plots.topographic_map(
+                ctx.plots_dir / f"topographic_step{step:06d}.png", self.grid, e, -grad.cpu(),
+                self.data.train.x, None, arrows, f"{self.cfg.name} step {step}: E and -grad E",
+            )  # fmt: skip
         elif len(self.shape) == 3 and negatives is not None:
             plots.image_grid(
                 ctx.plots_dir / f"samples_step{step:06d}.png", negatives,
@@ -240,13 +246,11 @@ class EnergyObjective(Objective):
         return {}
 
     def export(self, module: nn.Module, folder: str, ctx: RunContext) -> None:
-        """model.safetensors (the weight-averaged energy) + energy_config.json; reload with
-        `pipeline.ebm.export.load_energy(folder)`."""
+        """A PyTorchModelHubMixin folder (config.json + model.safetensors of the weight-averaged
+        energy) + energy_config.json; reload with `pipeline.ebm.export.load_energy(folder)` or
+        `EnergyNetwork.from_pretrained(folder)`."""
         scorer = module.scorer
-        state = {
-            k: v.detach().cpu().contiguous() for k, v in module.export_net().state_dict().items()
-        }
-        save_file(state, f"{folder}/model.safetensors")
+        d = ctx.cfg.data
         info = {
             "format": "pipeline-energy",
             "objective": self.cfg.name,
@@ -254,12 +258,103 @@ class EnergyObjective(Objective):
             "input_shape": list(self.shape),
             "density": "p(x) = exp(-E(x) - log_z)",
             "weights": "exponential moving average" if module.ema is not None else "raw",
-        }
+            "data": {
+                "path": list(d.path), "image_column": d.image_column,
+                "feature_columns": d.feature_columns, "image_size": d.image_size,
+                "value_range": [float(self.data.train.x.min()), float(self.data.train.x.max())],
+            },
+        }  # fmt: skip
         if self.grid is not None:
             e = grid_energies(scorer, self.grid)
             log_z = torch.logsumexp(-e, 0) + math.log(self.grid.cell_area)
             info["log_z"] = float(log_z)
             info["grid"] = {"lo": self.grid.lo, "hi": self.grid.hi, "size": self.grid.size}
+            info["log_z_outside_mass"] = outside_mass(scorer, self.grid)
         info.update(self.export_extra(module))
-        with open(f"{folder}/{EXPORT_CONFIG}", "w") as fh:
-            json.dump(info, fh, indent=1)
+        save_energy(module.export_net(), folder, info)
+        self._card = (info, last_eval(ctx))
+
+    def write_model_card(self, folder: str, ctx: RunContext) -> None:
+        """README.md of the export: Hub metadata, what the energy model is (model_card_notes),
+        how it was trained and the resolved config; not the text models' card."""
+        from huggingface_hub import ModelCard, ModelCardData
+
+        info, metrics = getattr(self, "_card", (None, {}))
+        data = ModelCardData(
+            library_name="pipeline", license="apache-2.0",
+            tags=["energy-based-model", self.cfg.name, "pipeline"],
+        )  # fmt: skip
+        t = ctx.cfg.train
+        body = [
+            "---", data.to_yaml(), "---", "",
+            f"# Energy-based model ({self.cfg.name})", "",
+            self.model_card_notes(), "",
+            "## Training", "",
+            f"- objective `{self.cfg.name}`, model `{ctx.cfg.model.name}`, {t.max_steps} steps "
+            f"of {t.micro_batch_size} examples per process, seed {t.seed}",
+            f"- optimizer AdamW, lr {ctx.cfg.optim.lr}, schedule {ctx.cfg.optim.schedule}",
+            "", "## Configuration", "", "```yaml",
+            yaml_dump(config_lib.redact(config_lib.to_dict(ctx.cfg))).rstrip(), "```", "",
+        ]  # fmt: skip
+        ModelCard("\n".join(body)).save(f"{folder}/README.md")
+
+    def model_card_notes(self) -> str:
+        """What the export is: an energy network over inputs of the trained shape, how to
+        score with it, and what it measured."""
+        info, metrics = getattr(self, "_card", (None, {}))
+        if info is None:
+            return ""
+        shape = " x ".join(str(v) for v in info["input_shape"])
+        kind = "images (channels x height x width)" if len(info["input_shape"]) == 3 else "points"
+        lines = [
+            "## Energy-based model",
+            "",
+            f"This is **not** a text model: it is an energy network E(x) trained with "
+            f"`{info['objective']}` over {kind} of shape **{shape}** "
+            f"(data: `{', '.join(info['data']['path'])}`, values in "
+            f"[{info['data']['value_range'][0]:.3g}, {info['data']['value_range'][1]:.3g}]). "
+            "Low energy = likely: p(x) is proportional to exp(-E(x)).",
+            "",
+            "Score examples (one energy each, in order) or complete masked inputs:",
+            "",
+            "```",
+            "python -m pipeline energy EXPORT data.path=DATASET --output energies.npy",
+            "python -m pipeline infer EXPORT data.path=DATASET infer.mask=right-half --output-dir out",
+            "```",
+            "",
+            "or in Python:",
+            "",
+            "```python",
+            "from pipeline.ebm.export import EnergyNetwork",
+            "net = EnergyNetwork.from_pretrained('EXPORT')  # or a Hub repo id",
+            f"energies = net(x)  # x: float tensor (batch, {', '.join(map(str, info['input_shape']))})",
+            "```",
+        ]
+        if "log_z" in info:
+            lines += [
+                "",
+                f"Normalised on a grid: log p(x) = -E(x) - {info['log_z']:.4f} (midpoint "
+                f"quadrature over {info['grid']['lo']} .. {info['grid']['hi']}; measured mass "
+                f"outside that box: {info['log_z_outside_mass']:.2g}).",
+            ]
+        shown = {k: v for k, v in metrics.items()
+                 if k in ("kl", "tv", "nll", "auroc_permuted", "auroc_uniform", "loss")}  # fmt: skip
+        if shown:
+            lines += ["", "Held-out evaluation at the end of training: " + ", ".join(
+                f"{k} {v:.4g}" for k, v in shown.items()
+            ) + "."]  # fmt: skip
+        return "\n".join(lines)
+
+
+def last_eval(ctx: RunContext) -> dict[str, float]:
+    """The last evaluation row of RUN_DIR/metrics.jsonl ({} when there is none)."""
+    from pipeline.engine.metrics import read_metrics
+
+    rows = [r for r in read_metrics(ctx.run_dir) if r.get("split") == "eval"]
+    return rows[-1] if rows else {}
+
+
+def yaml_dump(obj: object) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, sort_keys=False)

@@ -27,7 +27,7 @@ def build(recipe: Path, overrides: list[str]):
 def test_every_shipped_ebm_recipe_builds():
     for recipe in sorted((ROOT / "configs/ebm").glob("*.yaml")):
         cfg = load_config(RunConfig, recipe)
-        assert cfg.objective.name in ("cd", "nce", "infonce"), recipe
+        assert cfg.objective.name in ("cd", "nce", "dsm", "infonce"), recipe
 
 
 @pytest.mark.parametrize(

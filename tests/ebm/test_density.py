@@ -98,3 +98,19 @@ def test_replay_buffer_draws_distinct_chains_and_reinitialises():
     restarted = (x == 7).all(1) & was_updated
     # a quarter of the chains that held samples were restarted from noise
     assert 0.18 < float(restarted.sum() / was_updated.sum()) < 0.32
+
+
+def test_mala_costs_one_extra_energy_evaluation_per_chain_not_per_step():
+    """The cost statement in pipeline/ebm/langevin.py: steps + 1 energy+grad evaluations."""
+    from pipeline.models.energy import MLPEnergy
+
+    calls = []
+    net = MLPEnergy(2, [8], "silu")
+    net.register_forward_hook(lambda *_: calls.append(1))
+    for metropolis, expected in ((False, 7), (True, 8)):
+        calls.clear()
+        spec = LangevinSpec(
+            steps=7, step_size=0.05, noise_scale=math.sqrt(0.1), metropolis=metropolis
+        )
+        langevin(net, torch.randn(16, 2), spec, torch.Generator().manual_seed(0))
+        assert len(calls) == expected, (metropolis, len(calls))

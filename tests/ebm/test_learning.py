@@ -1,4 +1,4 @@
-"""CD and NCE learn a mixture of 8 Gaussians through the engine, measured exactly (quadrature),
+"""CD, NCE and DSM learn a mixture of 8 Gaussians through the engine, measured exactly (quadrature),
 and the export reloads as the same normalised density."""
 
 from pathlib import Path
@@ -39,12 +39,13 @@ def untrained_kl(cfg) -> float:
 SMALL = ["objective.grid_size=100", "train.eval_every=0"]
 RUNS = {
     "nce-2d": ["model.hidden=[64, 64]", "train.max_steps=2000", "optim.lr=1e-2"],
+    "dsm-2d": ["model.hidden=[64, 64]", "train.max_steps=1500", "optim.lr=1e-2"],
     "cd-2d": ["model.hidden=[128, 128]", "train.max_steps=2500", "optim.lr=1e-2",
               "objective.steps=10", "objective.buffer_size=2000"],
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("recipe, bound", [("nce-2d", 0.1), ("cd-2d", 0.25)])
+@pytest.mark.parametrize("recipe, bound", [("nce-2d", 0.1), ("cd-2d", 0.25), ("dsm-2d", 0.15)])
 def test_learns_8_gaussians(tmp_path, recipe, bound):
     cfg = load_config(
         RunConfig, ROOT / f"configs/ebm/{recipe}.yaml",
@@ -58,6 +59,7 @@ def test_learns_8_gaussians(tmp_path, recipe, bound):
     if recipe == "nce-2d":  # self-normalised: the learned constant is the quadrature log Z
         assert abs(final["log_z_gap"]) < 0.15, final
     assert list((tmp_path / "plots").glob("energy_step*.png"))
+    assert list((tmp_path / "plots").glob("topographic_step*.png"))  # contours + -grad E
 
     # the export is the same density: reloaded energy + its log_z integrate to 1
     net, info = load_energy(str(tmp_path / "export"))
