@@ -19,6 +19,10 @@ def schema_for(path: Path) -> type | None:
 
         return RunConfig
     if folder == "finetune":
+        if "tasks" in yaml.safe_load(path.read_text()):  # a suite: python -m pipeline finetune-suite
+            from pipeline.commands.finetune_suite import SuiteConfig
+
+            return SuiteConfig
         from pipeline.finetune.config import FinetuneConfig
 
         return FinetuneConfig
@@ -51,8 +55,14 @@ def test_recipe_builds(path):
         assert load_config_from_file(str(path)) is not None
         return
     # a fine-tuning recipe gets its model from the EXPORT_DIR argument
-    overrides = ["model.from_pretrained=runs/tiny/export"] if path.parts[-2] == "finetune" else []
+    finetune = path.parts[-2] == "finetune" and schema.__name__ == "FinetuneConfig"
+    overrides = ["model.from_pretrained=runs/tiny/export"] if finetune else []
     cfg = load_config(schema, path, overrides)
+    if schema.__name__ == "SuiteConfig":  # a suite: each task's fine-tuning config builds too
+        from pipeline.commands.finetune_suite import parse_tasks, task_config
+
+        for name, task in parse_tasks(cfg, path.parent).items():
+            task_config(cfg, name, task, seed=cfg.seeds[0])
     if path.parts[-2] == "pipeline":  # a chain: each step's recipe builds too
         from pipeline.chain import _recipe, _schema
 
