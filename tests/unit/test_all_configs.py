@@ -19,7 +19,9 @@ def schema_for(path: Path) -> type | None:
 
         return RunConfig
     if folder == "finetune":
-        if "tasks" in yaml.safe_load(path.read_text()):  # a suite: python -m pipeline finetune-suite
+        if "tasks" in yaml.safe_load(
+            path.read_text()
+        ):  # a suite: python -m pipeline finetune-suite
             from pipeline.commands.finetune_suite import SuiteConfig
 
             return SuiteConfig
