@@ -56,17 +56,36 @@ def run_info(cfg: RunConfig) -> dict:
         return {}
 
 
+_CPU_NAMES = {
+    "",
+    "cpu",
+    "x86_64",
+    "amd64",
+    "i386",
+    "i686",
+    "aarch64",
+    "arm64",
+    "arm",
+    "ppc64le",
+    "s390x",
+}
+
+
 def hardware(info: dict | None = None) -> str:
     """The training hardware from run_info.json (processes, device, distributed type, mixed
     precision); without one, this machine, said to be where the card was written."""
     if info and "num_processes" in info:
         world = int(info["num_processes"])
         procs = f"{world} process{'es' if world > 1 else ''}"
-        device = info.get("device") or "unknown device"
+        device = info.get("device") or "cpu"
         layout = info.get("distributed_type", "")
         precision = info.get("mixed_precision")
-        extra = ", ".join(x for x in (layout, f"{precision} precision" if precision else "") if x)
-        return f"{world} x {device} ({procs}{'; ' + extra if extra else ''})"
+        if layout in ("NO", "MULTI_CPU") or device.lower() in _CPU_NAMES:
+            return f"CPU ({device}), {procs}"
+        extra = [
+            x for x in (layout, precision and precision != "no" and f"{precision} precision") if x
+        ]
+        return f"{world} x {device} ({procs}{'; ' + ', '.join(extra) if extra else ''})"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     procs = f"{world} process{'es' if world > 1 else ''}"
     if torch.cuda.is_available():
@@ -120,18 +139,19 @@ def card_data(cfg: RunConfig, metrics: list[dict], folder: Path | None = None) -
     dataset_name = ", ".join(cfg.data.path)
     eval_split = held_out(cfg.data)
     final = eval_results(folder)
-    if final:  # scores of the exported weights on each named set supersede the last eval line
+    if final:  # scores of the exported weights on each held-out set supersede the last eval
         named = _eval_set_paths(cfg.data)
+        readable = {**_FINAL_NAMES, **wanted}
         results = [
             EvalResult(
                 task_type=pipeline_tag,
                 task_name=task_name,
                 dataset_type=hub_datasets[0] if hub_datasets else dataset_name,
-                dataset_name=f"{dataset_name} ({set_name})",
+                dataset_name=dataset_name if set_name == "eval" else f"{dataset_name} ({set_name})",
                 dataset_config=cfg.data.name,
                 dataset_split=", ".join(named.get(set_name, [eval_split])),
-                metric_type=key,
-                metric_name=key,
+                metric_type=readable.get(key, (key, key))[0],
+                metric_name=readable.get(key, (key, key))[1],
                 metric_value=round(float(value), 4),
             )
             for set_name, scores in final.items()
@@ -155,6 +175,17 @@ def card_data(cfg: RunConfig, metrics: list[dict], folder: Path | None = None) -
         if isinstance(ev.get(key), (int, float))
     ]
     return _data(cfg, task, results, hub_datasets)
+
+
+_FINAL_NAMES = {  # eval_results.json keys (finetune.metrics.glue_scores) -> model-index
+    "accuracy": ("accuracy", "accuracy"),
+    "macro_f1": ("f1", "macro-F1"),
+    "f1": ("f1", "F1 (class 1)"),
+    "mcc": ("matthews_correlation", "Matthews correlation"),
+    "pearson": ("pearsonr", "Pearson r"),
+    "spearman": ("spearmanr", "Spearman rho"),
+    "mse": ("mse", "mean squared error"),
+}
 
 
 def _eval_set_paths(d: DataSection) -> dict[str, list[str]]:
