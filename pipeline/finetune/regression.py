@@ -32,11 +32,17 @@ SUMS = ("sx", "sy", "sxx", "syy", "sxy")  # prediction x, label y
 
 
 class SequenceRegressor(nn.Module):
-    """Wraps the stock one-output model; forward returns (weighted MSE, reducible sums)."""
+    """Wraps the stock one-output model; forward returns (weighted MSE, reducible sums).
 
-    def __init__(self, model: nn.Module):
+    The sums are of predictions and labels minus `center` (the mean training label): Pearson's
+    r does not change under a shift, and float32 sums of small numbers keep the variance of
+    predictions that sit close to the mean (early in training), which n*sum(x^2) - sum(x)^2
+    over raw scores cancels away."""
+
+    def __init__(self, model: nn.Module, center: float = 0.0):
         super().__init__()
         self.model = model
+        self.center = center
 
     def forward(self, input_ids, attention_mask, labels, weight, token_type_ids=None):
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
@@ -45,7 +51,7 @@ class SequenceRegressor(nn.Module):
         losses = (x - y) ** 2
         loss = (losses * w).sum() / w.sum().clamp(min=1.0)
         with torch.no_grad():
-            xd, yd = x.detach(), y
+            xd, yd = x.detach() - self.center, y - self.center
             sums = (xd, yd, xd * xd, yd * yd, xd * yd)
             out = {LOSS_SUM: (losses.detach() * w).sum(), COUNT: w.sum()}
             out.update({k: (v * w).sum() for k, v in zip(SUMS, sums)})
@@ -88,10 +94,13 @@ class SequenceRegression(SequenceClassification):
     def load_data(self, ctx: RunContext, tokenizer: Any) -> LabelledData:
         from pipeline.finetune.data import load_labelled
 
-        return load_labelled(ctx, tokenizer, regression=True)
+        data = load_labelled(ctx, tokenizer, regression=True)
+        labels = data.train["label"][:10_000]
+        self.center = sum(labels) / len(labels)
+        return data
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        return SequenceRegressor(model)
+        return SequenceRegressor(model, getattr(self, "center", 0.0))
 
     def summarize(self, metrics: dict[str, float]) -> dict[str, float]:
         if COUNT not in metrics:

@@ -307,3 +307,25 @@ def test_glue_suite_builds_every_task_config():
     assert mnli.data.text_pair_column == "hypothesis" and mnli.train.seed == 2
     assert mnli.output_dir == "runs/glue/mnli/seed-2"
     assert task_config(suite, "stsb", tasks["stsb"], 1).objective.name == "seqreg"
+
+
+def test_in_training_pearson_keeps_predictions_near_the_mean():
+    """Early in training predictions sit close to the mean label: raw float32 sums cancel
+    (here r would come out above 1); sums about the training-label mean keep scipy's r."""
+    import torch
+
+    from pipeline.finetune.regression import SequenceRegression, SequenceRegressor
+
+    class Near(torch.nn.Module):  # predictions 4 + 1e-4 * id: tiny spread around the mean
+        def forward(self, input_ids, attention_mask):
+            return types.SimpleNamespace(logits=4.0 + 1e-4 * input_ids[:, :1].float())
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 100, (64, 1), generator=g)
+    y = ids[:, 0].float() * 0.05 + torch.randn(64, generator=g) + 4
+    want = stats.pearsonr(ids[:, 0].numpy(), y.numpy())[0]
+    _, sums = SequenceRegressor(Near(), center=4.0)(ids, torch.ones_like(ids), y, torch.ones(64))
+    out = SequenceRegression(SequenceRegression.Config()).summarize(
+        {k: float(v) for k, v in sums.items()}
+    )
+    assert out["pearson"] == pytest.approx(want, abs=1e-4)
