@@ -139,9 +139,14 @@ def _schema(command: str) -> type:
 
 
 def _recipe(step: ChainStep, chain_file: str | Path) -> Path:
+    from pipeline import recipes
+
     for candidate in (Path(step.config), Path(chain_file).parent / step.config):
         if candidate.is_file():
             return candidate
+    shipped = recipes.find(step.config)  # configs/stages/x.yaml of an installed package
+    if shipped is not None:
+        return shipped
     raise config_lib.ConfigError(
         [f"step {step.name!r}: config {step.config!r} not found (relative to here or {chain_file})"]
     )

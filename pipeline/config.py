@@ -362,6 +362,10 @@ def dump_yaml(obj: Any, path: str | Path) -> None:
 
 def load_config(cls: type, path: str | Path | None, overrides: list[str] = ()) -> Any:
     """The one entry point: YAML file + overrides -> validated dataclass, or ConfigError."""
+    if path is not None:
+        from pipeline import recipes
+
+        path = recipes.resolve(path)  # a file, or a shipped recipe by name (mlm/tiny)
     raw = load_yaml(path) if path is not None else {}
     raw = apply_overrides(raw, list(overrides))
     obj, problems = build(cls, raw)

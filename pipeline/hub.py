@@ -175,3 +175,90 @@ def publish(
         raise HubError(f"publishing {upload.folder} to {upload.url} failed: {message}") from None
     log.info("published %d files to %s (%s)", len(upload.files), upload.url, info.commit_url)
     return str(info.commit_url)
+
+
+# ---------------------------------------------------------------- checkpoints during training
+# transformers' Trainer (hub_strategy="checkpoint") keeps the newest checkpoint in this folder
+LAST_CHECKPOINT = "last-checkpoint"
+
+
+def _api():
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=endpoint())
+
+
+def _scrubbed(err: Exception) -> str:
+    from huggingface_hub import get_token
+
+    message, token = str(err), get_token()
+    return message.replace(token, "<redacted>") if token else message
+
+
+def push_checkpoint(folder: str | Path, repo: str, step: int, private: bool = False) -> str:
+    """Commit every file of the engine checkpoint `folder` (model, optimizer, RNG and trainer
+    state, its manifest) into `repo`'s last-checkpoint/ on main: one commit, so one revision,
+    per checkpoint. Unlike `publish`, the optimizer and RNG files (tensor-only pickles, read
+    back with weights_only=True) go up too: a resume needs them. Returns the commit id."""
+    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub.errors import HfHubHTTPError
+
+    check_repo(repo)
+    folder = Path(folder)
+    links = [p.name for p in folder.rglob("*") if p.is_symlink()]
+    if links:
+        raise HubError(f"refusing to push checkpoint {folder}: symlinks {', '.join(links)}")
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    operations = [
+        CommitOperationAdd(
+            path_in_repo=f"{LAST_CHECKPOINT}/{p.relative_to(folder).as_posix()}",
+            path_or_fileobj=str(p),
+        )
+        for p in files
+    ]
+    api = _api()
+    try:
+        api.create_repo(repo, private=private, repo_type="model", exist_ok=True)
+        info = api.create_commit(
+            repo, operations, commit_message=f"Training in progress: checkpoint step {step}",
+            repo_type="model", revision="main",
+        )  # fmt: skip
+    except (HfHubHTTPError, OSError, ValueError) as err:
+        raise HubError(f"pushing checkpoint {folder} to {endpoint()}/{repo} failed: "
+                       f"{_scrubbed(err)}") from None  # fmt: skip
+    log.info("pushed checkpoint step %d to %s (%s)", step, repo, info.oid)
+    return str(info.oid)
+
+
+def parse_source(source: str) -> tuple[str, str]:
+    """hub:OWNER/NAME[@REVISION] -> (repo, revision); revision: a branch or commit id."""
+    if not source.startswith("hub:"):
+        raise HubError(f"{source!r}: a Hub source is hub:OWNER/NAME[@REVISION]")
+    repo, _, revision = source[len("hub:") :].partition("@")
+    check_repo(repo)
+    return repo, revision or "main"
+
+
+def download_checkpoint(source: str, dest: str | Path) -> Path:
+    """Download last-checkpoint/ of the Hub source (hub:OWNER/NAME[@REVISION]) into `dest`
+    (made fresh); returns the folder holding the checkpoint's files."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    repo, revision = parse_source(source)
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        raise HubError(f"resuming from {source} needs the network but HF_HUB_OFFLINE is set")
+    dest = Path(dest)
+    try:
+        snapshot_download(
+            repo, revision=revision, repo_type="model", local_dir=str(dest),
+            allow_patterns=[f"{LAST_CHECKPOINT}/*", f"{LAST_CHECKPOINT}/**"],
+            endpoint=endpoint(),
+        )  # fmt: skip
+    except (HfHubHTTPError, OSError, ValueError) as err:
+        raise HubError(f"downloading {source} failed: {_scrubbed(err)}") from None
+    folder = dest / LAST_CHECKPOINT
+    if not (folder / "manifest.json").is_file():
+        raise HubError(f"{source} holds no {LAST_CHECKPOINT}/ checkpoint (pushed by "
+                       "train.push_checkpoints=every_save)")  # fmt: skip
+    return folder

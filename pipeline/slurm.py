@@ -159,7 +159,10 @@ def plan_submission(req: SubmitRequest) -> SbatchPlan:
         raise SlurmError(f"template {REPO_ROOT / script} not found (is this a source checkout?)")
     job_name = req.job_name or _default_job_name(TEMPLATES[template])
 
-    variables = {"CONFIG": _for_job(req.config, cwd), "OVERRIDES": " ".join(overrides)}
+    from pipeline import recipes
+
+    config = str(recipes.resolve(req.config))  # a shipped recipe's name: its file
+    variables = {"CONFIG": _for_job(config, cwd), "OVERRIDES": " ".join(overrides)}
     job_output_dir = None if output_dir is None else _for_job(output_dir, cwd)
     if job_output_dir is not None:
         variables["OUTPUT_DIR"] = job_output_dir

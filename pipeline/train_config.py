@@ -107,8 +107,10 @@ class TokenizerConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-4
-    """Peak learning rate of AdamW."""
+    lr: float | None = None
+    """Peak learning rate of AdamW; unset = the objective's default for the model's size (a
+    transformer: 2e-3 x 128 / hidden_size, at most 2e-3, from scripts/sweep_mlm.py, so a preset changed
+    on the command line keeps a fitting lr; other models 5e-4)."""
     weight_decay: float = 0.01
     """Decoupled weight decay (not applied to biases and LayerNorm weights)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
@@ -134,7 +136,7 @@ class OptimConfig:
 
     def validate(self) -> list[str]:
         problems = []
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             problems.append(f"lr must be positive, got {self.lr}")
         if self.weight_decay < 0:
             problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
@@ -193,6 +195,13 @@ class TrainConfig(LoopConfig):
     """Write the Hugging Face export into RUN_DIR/export at the end."""
     push_to_hub: str | None = None
     """Publish the export to this Hub repo (OWNER/NAME) at the end."""
+    push_checkpoints: Literal["never", "every_save"] = "never"
+    """every_save: commit every checkpoint, as it is written, to the train.push_to_hub repo's
+    last-checkpoint/ (one commit, i.e. one revision, per checkpoint; transformers'
+    hub_strategy="checkpoint"), uploaded in the background while training goes on."""
+    resume_from: str | None = None
+    """hub:OWNER/NAME[@REVISION]: a run folder without a checkpoint of its own starts from the
+    last-checkpoint/ of that Hub repo at that branch or commit (default main)."""
     on_nonfinite: Literal["skip", "stop"] = "skip"
     """A step whose loss or gradient is NaN/inf on any process: skip it on every process
     (parameters and optimizer state unchanged), or stop (last good checkpoint saved)."""
@@ -210,6 +219,15 @@ class TrainConfig(LoopConfig):
         )
         if self.checkpoint_every_s is not None and self.checkpoint_every_s <= 0:
             problems.append(f"checkpoint_every_s must be > 0, got {self.checkpoint_every_s}")
+        if self.push_checkpoints != "never" and not self.push_to_hub:
+            problems.append("push_checkpoints needs train.push_to_hub=OWNER/NAME (the repo)")
+        if self.resume_from is not None:
+            if not self.resume_from.startswith("hub:") or "/" not in self.resume_from:
+                problems.append(
+                    f"resume_from must be hub:OWNER/NAME[@REVISION], got {self.resume_from!r}"
+                )
+            if self.resume == "never":
+                problems.append("resume_from needs train.resume auto or required, not never")
         if self.loss_spike_zscore < 0 or self.loss_spike_window < 2:
             problems.append(
                 "loss_spike_zscore must be >= 0 and loss_spike_window >= 2, got "
@@ -244,7 +262,12 @@ class EngineConfig:
 @dataclass
 class LogConfig:
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
-    """Accelerate trackers (tensorboard, wandb...); metrics.jsonl is always written."""
+    """Accelerate trackers (tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive); one
+    whose package is not installed is an error before training. metrics.jsonl is always written."""
+    project: str = "pipeline"
+    """Tracker project (W&B project, MLflow experiment, TensorBoard subfolder of RUN_DIR/logs)."""
+    run_name: str | None = None
+    """Tracker run name (default: the run folder's name)."""
     progress_bar: bool = True
     """tqdm bar on the main process."""
     plots: bool = True

@@ -22,8 +22,14 @@ def train_and_export(cfg: RunConfig) -> dict[str, float]:
         from pipeline.hub import check_can_publish
 
         check_can_publish(cfg.train.push_to_hub, export=cfg.train.export)
+    from pipeline import hub_checkpoints
+
+    hub_checkpoints.fetch_for_resume(cfg)  # train.resume_from=hub:OWNER/NAME
     with Trainer(cfg) as trainer:
+        pusher = hub_checkpoints.attach(trainer, cfg)  # train.push_checkpoints=every_save
         result = trainer.fit()
+        if pusher is not None:
+            pusher.wait()  # the last checkpoint's upload
         if cfg.train.export:
             export.export_trained(trainer)  # collective: sharded weights are gathered
         is_main = trainer.ctx.is_main

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-docs", type=int, default=512, help="held-out documents scored")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra overrides for OUR run only (e.g. optim.lr=1e-3)")  # fmt: skip
+    p.add_argument("--sides", nargs="+", default=["ours", "trainer"], choices=["ours", "trainer"],
+                   help="run only one side (a sweep of our settings)")  # fmt: skip
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=Path("quality.png"))
     p.add_argument("--json", type=Path, default=None)
@@ -61,12 +62,6 @@ def shared(args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
 
 
-def env() -> dict[str, str]:
-    return dict(
-        os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
-    )
-
-
 def run_ours(args, base: list[str], budget: float, out: Path) -> list[tuple[float, Path]]:
     every = budget / args.snapshots
     cmd = [sys.executable, "-m", "pipeline", "train", args.recipe, *base, *args.set,
@@ -75,7 +70,7 @@ def run_ours(args, base: list[str], budget: float, out: Path) -> list[tuple[floa
            f"train.keep_checkpoints={args.snapshots + 2}", "train.eval_every=0",
            "train.resume=never", "log.progress_bar=false", "log.plots=false", "log.trackers=[]",
            "--output-dir", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=quality.bench_env(), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     from pipeline.export import export_run
@@ -96,7 +91,7 @@ def run_trainer(args, base: list[str], budget: float, data: Path, out: Path):
             "snapshots": args.snapshots, "trainer_lr": args.trainer_lr,
             "trainer_warmup": args.trainer_warmup, "trainer_data": str(data)}  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "pipeline.bench.quality", json.dumps(spec)],
-                          cwd=ROOT, env=env(), capture_output=True, text=True)  # fmt: skip
+                          cwd=ROOT, env=quality.bench_env(), capture_output=True, text=True)  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     return [(float(p.name.split("-")[1]), p) for p in sorted((out / "snapshots").iterdir())]
@@ -114,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     for budget in args.budgets:
         for r in range(args.repeats):
             order = ["ours", "trainer"] if r % 2 == 0 else ["trainer", "ours"]
-            for side in order:
+            for side in (s for s in order if s in args.sides):
                 out = work / f"{side}-{budget:g}-{r}"
                 print(f"  {side}: {budget:g} s (repeat {r + 1})", flush=True)
                 snaps = (run_ours(args, base, budget, out) if side == "ours"
@@ -124,7 +119,10 @@ def main(argv: list[str] | None = None) -> dict:
     baseline = quality.frequent_token_baseline(docs, work / "prep" / "tokenizer", args.block)
     rows, results = [], {}
     for budget in args.budgets:
-        finals = {s: [c[-1][1] for c in curves[(budget, s)]] for s in ("ours", "trainer")}
+        finals = {s: [c[-1][1] for c in curves.get((budget, s), [])] for s in ("ours", "trainer")}
+        finals = {s: f for s, f in finals.items() if f}
+        finals.setdefault("ours", finals.get("trainer"))  # one side only: the table repeats it
+        finals.setdefault("trainer", finals["ours"])
         med = {s: {k: statistics.median(f[k] for f in finals[s]) for k in ("loss", "accuracy")}
                for s in finals}  # fmt: skip
         spread = {s: (min(f["loss"] for f in finals[s]), max(f["loss"] for f in finals[s]))

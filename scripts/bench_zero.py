@@ -71,6 +71,7 @@ def launch(name: str, accelerate_yaml: str, overrides: list[str], args, out: Pat
         f"model.max_position_embeddings={max(512, args.block)}", "tokenizer.vocab_size=30522",
         f"train.micro_batch_size={args.micro_batch}", f"train.max_steps={args.steps}",
         "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=100000",
+        "data.max_eval_examples=8",  # the run's closing evaluation is not what is measured
         "train.export=false", "log.plots=false", "log.progress_bar=false", "log.trackers=[]",
         *overrides, "--output-dir", str(run_dir),
     ]  # fmt: skip

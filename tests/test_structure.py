@@ -4,11 +4,11 @@ Every import counts, at module level or inside a function (a circle hidden behin
 level import is still a circle) and under TYPE_CHECKING. Layers, bottom to top; a module may
 import its own layer and the layers below, never one above:
 
-  core      config, registry, train_config, protocols
+  core      config, registry, train_config, protocols, recipes
   base      data/, ebm/ (math only), models/
   engine    engine/ (the loop, strategies, checkpoints)
   plugins   objectives/, finetune/, stages/
-  products  export, model_card, hub, plots, workflow, chain, slurm, bench/
+  products  export, model_card, hub, hub_checkpoints, plots, workflow, chain, slurm, bench/
   cli       cli, commands/, __main__
 """
 
@@ -23,12 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pipeline"
 
 LAYERS = [
-    ("core", ["pipeline.config", "pipeline.registry", "pipeline.train_config", "pipeline.protocols"]),
+    ("core", ["pipeline.config", "pipeline.registry", "pipeline.train_config", "pipeline.protocols",
+              "pipeline.recipes"]),
     ("base", ["pipeline.data", "pipeline.ebm", "pipeline.models"]),
     ("engine", ["pipeline.engine"]),
     ("plugins", ["pipeline.objectives", "pipeline.finetune", "pipeline.stages"]),
     ("products", ["pipeline.export", "pipeline.model_card", "pipeline.hub", "pipeline.plots",
-                  "pipeline.workflow", "pipeline.chain", "pipeline.slurm", "pipeline.bench"]),
+                  "pipeline.workflow", "pipeline.chain", "pipeline.slurm", "pipeline.bench",
+                  "pipeline.hub_checkpoints"]),
     ("cli", ["pipeline.cli", "pipeline.commands", "pipeline.__main__"]),
 ]  # fmt: skip
 

@@ -75,13 +75,15 @@ def run_trainer(spec: dict) -> dict[str, Any]:
     accum = setup.accumulation_steps(cfg.train, 1)
     precision = setup.mixed_precision(cfg.engine.mixed_precision)
     on_cuda = torch.cuda.is_available()
+    from pipeline.objectives.base import width_lr
+
     o = cfg.optim
     args = TrainingArguments(
         output_dir=str(Path(cfg.output_dir) / "trainer"),
         per_device_train_batch_size=cfg.train.micro_batch_size,
         gradient_accumulation_steps=accum,
         max_steps=steps,
-        learning_rate=o.lr,
+        learning_rate=o.lr if o.lr is not None else width_lr(model.config.hidden_size),  # ours
         weight_decay=o.weight_decay,
         adam_beta1=o.betas[0],
         adam_beta2=o.betas[1],

@@ -37,6 +37,10 @@ class Hooks(Hook):
     def __init__(self, hooks: list[Hook] | None = None) -> None:
         self.hooks = [h for h in hooks or [] if h is not None]
 
+    def add(self, hook: Hook) -> None:
+        """Install one more hook (called after those already installed)."""
+        self.hooks.append(hook)
+
     def on_loss(self, loss: torch.Tensor, step: int) -> torch.Tensor:
         for h in self.hooks:
             loss = h.on_loss(loss, step)

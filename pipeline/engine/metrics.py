@@ -180,6 +180,16 @@ class TrainLog:
         return m
 
 
+def record_run_facts(run_dir: Path, accelerator: Accelerator, **facts: Any) -> None:
+    """RUN_DIR/run_info.json: facts settled while the run is set up (e.g. the lr used when
+    optim.lr was left to its default), written by the main process."""
+    if accelerator.is_main_process:
+        path = run_dir / "run_info.json"
+        info = json.loads(path.read_text())
+        info.update(facts)
+        path.write_text(json.dumps(info, indent=1))
+
+
 def record_parameters(run_dir: Path, module: torch.nn.Module, accelerator: Accelerator) -> None:
     """Collective. RUN_DIR/run_info.json "parameters": the model's size and what each process
     holds of it as built (ZeRO-3 builds it partitioned: about 1/processes each), and the
@@ -194,9 +204,8 @@ def record_parameters(run_dir: Path, module: torch.nn.Module, accelerator: Accel
             held += p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
     mine = torch.tensor([held, peak_memory_mb(accelerator.device)], device=accelerator.device)
     ranks = accelerator.gather(mine[None]).tolist()
-    if accelerator.is_main_process:
-        path = run_dir / "run_info.json"
-        info = json.loads(path.read_text())
-        info["parameters"] = {"total": total, "held_per_process": [int(r[0]) for r in ranks]}
-        info["init_peak_mem_mb"] = [round(r[1], 1) for r in ranks]
-        path.write_text(json.dumps(info, indent=1))
+    record_run_facts(
+        run_dir, accelerator,
+        parameters={"total": total, "held_per_process": [int(r[0]) for r in ranks]},
+        init_peak_mem_mb=[round(r[1], 1) for r in ranks],
+    )  # fmt: skip

@@ -68,9 +68,50 @@ def check_resume_compatible(run_dir: Path, resolved: dict) -> None:
         )
 
 
-def available_trackers(names: list[str]) -> list[str]:
-    modules = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
-    return [n for n in names if importlib.util.find_spec(modules.get(n, n)) is not None]
+# Accelerate's tracker name -> (module it imports, package that provides it)
+TRACKER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "wandb": ("wandb", "wandb"),
+    "mlflow": ("mlflow", "mlflow"),
+    "comet_ml": ("comet_ml", "comet-ml"),
+    "aim": ("aim", "aim"),
+    "clearml": ("clearml", "clearml"),
+    "dvclive": ("dvclive", "dvclive"),
+}
+
+
+def check_trackers(names: list[str]) -> list[str]:
+    """The trackers of log.trackers, each checked to be importable before anything is built: a
+    tracker whose package is missing is a SetupError naming the package (Accelerate would
+    silently drop it, and the run would train for hours logging nowhere)."""
+    for name in names:
+        if name not in TRACKER_PACKAGES:
+            raise SetupError(
+                f"log.trackers: unknown tracker {name!r}; known: {', '.join(TRACKER_PACKAGES)}"
+            )
+        module, package = TRACKER_PACKAGES[name]
+        if importlib.util.find_spec(module) is None:
+            raise SetupError(
+                f"log.trackers asks for {name} but the package {package!r} is not installed: "
+                f"pip install {package} (or remove {name} from log.trackers)"
+            )
+    return list(names)
+
+
+def init_trackers(accelerator: Accelerator, cfg: RunConfig, run_dir: Path, config: dict) -> None:
+    """Main process: start the trackers under project log.project (W&B project, MLflow
+    experiment, TensorBoard subfolder of RUN_DIR/logs), run name log.run_name (default: the
+    run folder's name); W&B writes its files into RUN_DIR/wandb (offline runs included)."""
+    if accelerator.trackers is None or not cfg.log.trackers:
+        return
+    name = getattr(cfg.log, "run_name", None) or run_dir.resolve().name
+    init_kwargs = {
+        "wandb": {"dir": str(run_dir), "name": name},
+        "mlflow": {"run_name": name},
+    }
+    wanted = {k: v for k, v in init_kwargs.items() if k in cfg.log.trackers}
+    project = getattr(cfg.log, "project", None) or "pipeline"
+    accelerator.init_trackers(project, config=config, init_kwargs=wanted)
 
 
 def honour_launcher(cfg: RunConfig) -> None:
@@ -120,7 +161,7 @@ def make_accelerator(
     accelerator = Accelerator(
         mixed_precision=mixed_precision(cfg.engine.mixed_precision),
         gradient_accumulation_steps=accumulation,
-        log_with=available_trackers(cfg.log.trackers) or None,
+        log_with=check_trackers(cfg.log.trackers) or None,
         project_config=ProjectConfiguration(str(run_dir), logging_dir=str(run_dir / "logs")),
         kwargs_handlers=handlers,
         dynamo_backend="no",  # engine.compile compiles, once (honour_launcher)

@@ -40,6 +40,7 @@ from pipeline.engine.metrics import (
     TrainLog,
     peak_flops,
     record_parameters,
+    record_run_facts,
     write_run_info,
 )
 from pipeline.engine.schedule import build_schedule
@@ -76,8 +77,7 @@ class Trainer:
         self.ctx = EngineContext(cfg=cfg, run_dir=self.run_dir, accelerator=self.accelerator)
         if self.ctx.is_main:
             config_lib.dump_yaml(cfg, self.run_dir / "config.yaml")
-            if self.accelerator.trackers is not None and cfg.log.trackers:
-                self.accelerator.init_trackers("pipeline", config=config_lib.flatten(resolved))
+            setup.init_trackers(self.accelerator, cfg, self.run_dir, config_lib.flatten(resolved))
             write_run_info(self.run_dir, self.accelerator, self.accum)
         self.stop = StopFlag().install()
         self.hooks = Hooks([faults.install()])  # empty outside fault-injection tests
@@ -95,6 +95,11 @@ class Trainer:
             elastic.load_weights(module, resume_from, self.ctx.world_size,
                                  bool(cfg.train.global_batch_size),
                                  load=self.strategy.load_full_state)  # fmt: skip
+        if cfg.optim.lr is None:  # the objective's default for this model's size
+            cfg.optim.lr = self.objective.default_lr(module)
+            if self.ctx.is_main:
+                log.info("optim.lr unset: %.3g for this model's size", cfg.optim.lr)
+        record_run_facts(self.run_dir, self.accelerator, lr=cfg.optim.lr)
         self.strategy.before_prepare(self.accelerator, module)
         # counted before prepare: ZeRO-3 leaves empty parameter shards behind
         flops_per_example = self.objective.flops_per_example(module)

@@ -45,6 +45,29 @@ class Task:
     """A fine-tuning objective (labelled data) rather than self-supervised pretraining."""
 
 
+OTHER_LR = 5e-4
+"""optim.lr when unset and the model is not a transformer being pretrained."""
+LR_AT_WIDTH_128 = 2e-3
+"""optim.lr when unset for a transformer of hidden size 128 (scripts/sweep_mlm.py)."""
+
+
+def width_lr(hidden_size: int) -> float:
+    """The size-following default: lr ~ 1/width (as muP scales Adam's lr for hidden matrices)
+    through LR_AT_WIDTH_128: tiny (128) 2e-3, mini (256) 1e-3, base (768) 3.3e-4. BENCHMARKS.md
+    ("The learning rate follows the model size") has the sweep it is read from. Narrower models
+    keep 2e-3 (nothing here measured that they want more)."""
+    return LR_AT_WIDTH_128 * 128 / max(hidden_size, 128)
+
+
+def transformer_width(module: nn.Module) -> int | None:
+    """hidden_size of the first transformers model inside `module`, if any."""
+    for m in module.modules():
+        hidden = getattr(getattr(m, "config", None), "hidden_size", None)
+        if isinstance(hidden, int) and hidden > 0:
+            return hidden
+    return None
+
+
 class Objective:
     Config: ClassVar[type[ObjectiveConfig]] = ObjectiveConfig
     task: ClassVar[Task] = Task()
@@ -60,6 +83,12 @@ class Objective:
 
     def collate(self, examples: Any, generator: torch.Generator) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def default_lr(self, module: nn.Module) -> float:
+        """optim.lr when the run config leaves it unset: for pretraining a transformer it
+        follows the width (`width_lr`); fine-tuning and other models get OTHER_LR."""
+        width = None if self.task.finetuned else transformer_width(module)
+        return OTHER_LR if width is None else width_lr(width)
 
     def flops_per_example(self, module: nn.Module) -> float:
         """Training FLOPs (forward + backward) of one example, for MFU; 0 = unknown."""

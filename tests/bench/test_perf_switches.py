@@ -54,9 +54,16 @@ def test_collate_pads_the_selected_positions(static):
         assert torch.equal(batch["masked_positions"][:n], where)
         assert torch.equal(batch["masked_labels"][:n], labels[where])
         assert (batch["masked_labels"][n:] == IGNORE).all()
-        shapes.add(batch["masked_positions"].shape[0])
-    # static: one shape for every batch; else each batch carries just its own count (rounded)
-    assert len(shapes) == 1 if static else len(shapes) > 1
+        slots = batch["masked_positions"].shape[0]
+        # static: the one count for this batch size; else just this batch's count, rounded up
+        assert slots == prediction_slots(n, labels.numel(), 0.15, static)
+        assert slots >= n and (static or slots - n < 8)
+        shapes.add(slots)
+    # static: one shape for every batch; else the counts (and so the shapes) differ
+    if static:
+        assert len(shapes) == 1
+    else:
+        assert len(shapes) > 1
 
 
 def test_padded_positions_give_the_boolean_mask_loss():

@@ -83,7 +83,16 @@ def test_every_problem_is_reported_at_once():
            "bf16": {"enabled": True}, "gradient_clipping": 9.0}  # fmt: skip
     with pytest.raises(DeepSpeedConfigError) as err:
         resolve(raw, run_config("engine.mixed_precision=bf16"), 1, 2)
-    assert "4 problems" in str(err.value) or "5 problems" in str(err.value)
+    # bf16.enabled=True agrees with engine.mixed_precision=bf16: exactly these four
+    lines = str(err.value).splitlines()
+    assert "(4 problems)" in lines[0]
+    assert lines[1:] == [
+        "  - gradient_clipping=9.0 disagrees with optim.max_grad_norm=1.0",
+        "  - fp16.enabled=True disagrees with engine.mixed_precision (bf16 -> bf16)=False",
+        "  - fp16 and bf16 cannot both be enabled",
+        "  - zero_optimization.offload_param needs ZeRO stage 3 (parameters are only "
+        "partitioned at stage 3), this config has stage 1",
+    ]
 
 
 def test_invalid_json_names_line_and_column(tmp_path):

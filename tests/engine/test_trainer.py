@@ -107,3 +107,17 @@ def test_resume_after_a_skip_continues_with_the_next_unseen_batch(tmp_path):
     _fit(tmp_path / "b", "train.max_steps=8")
     a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
     assert [(r["loss"], r["first_row"]) for r in a] == [(r["loss"], r["first_row"]) for r in b]
+
+
+def test_an_unset_lr_is_the_objectives_default_and_is_recorded(tmp_path):
+    """optim.lr=null: the objective's default (the toy is not a transformer: OTHER_LR), used by
+    the optimizer and written to run_info.json; a set lr is used as given."""
+    import json
+
+    from pipeline.objectives.base import OTHER_LR
+
+    trainer, _ = _fit(tmp_path / "auto", "train.max_steps=1", "optim.lr=null")
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == OTHER_LR
+    assert json.loads((tmp_path / "auto" / "run_info.json").read_text())["lr"] == OTHER_LR
+    trainer, _ = _fit(tmp_path / "set", "train.max_steps=1", "optim.lr=0.07")
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == 0.07

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from pipeline.engine import checkpoint
 from pipeline.engine.guards import BadStepCounter, LossSpikeDetector
+from pipeline.engine.train import Trainer
 from tests.conftest import metrics, run_cli
 from tests.faults.conftest import run_main, train_args
 
@@ -33,6 +34,17 @@ def assert_same_state(a: Path, b: Path) -> None:
     for i in oa["state"]:
         for name, value in oa["state"][i].items():
             assert torch.equal(value, ob["state"][i][name]), (i, name)
+
+
+def _optimizer_tensors(optimizer) -> dict[str, torch.Tensor]:
+    """Every tensor of the optimizer state (AdamW moments, step counts), copied."""
+    state = optimizer.state_dict()["state"]
+    return {
+        f"{i}.{name}": value.detach().clone()
+        for i, entry in state.items()
+        for name, value in entry.items()
+        if torch.is_tensor(value)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +124,31 @@ def test_loss_spike_skipped_and_window_saved(capsys, caplog, monkeypatch, tmp_pa
     and its checkpoint holds the window of the 13 losses it judged by."""
     out = tmp_path / "run"
     monkeypatch.setenv("PIPELINE_FAULT", "spike_loss@12x1")
+    # every step attempt: was it applied, and which parameters / optimizer tensors changed
+    attempts: list[tuple[bool, list[str], list[str]]] = []
+    step = Trainer.train_step
+
+    def watched(self):
+        params = {n: p.detach().clone() for n, p in self.module.named_parameters()}
+        moments = _optimizer_tensors(self.optimizer)
+        result = step(self)
+        after = _optimizer_tensors(self.optimizer)
+        attempts.append((
+            result.applied,
+            [n for n, p in self.module.named_parameters() if not torch.equal(p, params[n])],
+            [k for k in after if k not in moments or not torch.equal(after[k], moments[k])],
+        ))  # fmt: skip
+        return result
+
+    monkeypatch.setattr(Trainer, "train_step", watched)
     args = ["train.max_steps=13", "train.loss_spike_zscore=6", "train.loss_spike_window=20"]
     code, _ = run_main(capsys, train_args(out, *args, NO_EXPORT))
     assert code == 0
+    # the spike never reached the parameters: the skipped attempt (the 12th) changed no
+    # parameter and no optimizer tensor, tensor by tensor; every applied step changed them
+    assert [applied for applied, _, _ in attempts] == [True] * 11 + [False] + [True] * 2
+    assert attempts[11][1:] == ([], [])
+    assert all(changed and moments for applied, changed, moments in attempts if applied)
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(skipped) == 1 and skipped[0].startswith("step 12: loss spike ")
     logged = [r["loss"] for r in metrics(out)]

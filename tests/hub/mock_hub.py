@@ -1,9 +1,11 @@
 """A local stand-in for the Hub's HTTP API, on 127.0.0.1, for offline tests of the upload path.
 
 It implements just the endpoints huggingface_hub calls to create a repo, a branch and a commit
-(validate-yaml, preupload, the LFS batch API with a "basic" PUT transfer, commit), records every
-request (path, Authorization header) and rebuilds the committed files, so tests can compare them
-byte for byte. It is NOT the real Hub: it checks that our client code drives huggingface_hub
+(validate-yaml, preupload, the LFS batch API with a "basic" PUT transfer, commit), and to
+download (repo info at a revision, HEAD/GET of `resolve/REVISION/PATH`) what was committed:
+each commit gets its own id and the tree of a branch is the files of its commits in order, so a
+commit id or a branch name is a revision. It records every request (path, Authorization header)
+and rebuilds the committed files, so tests can compare them byte for byte. It is NOT the real Hub: it checks that our client code drives huggingface_hub
 correctly and what goes over the wire, not that the Hub accepts it.
 """
 
@@ -16,6 +18,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 COMMIT_OID = "0123456789abcdef0123456789abcdef01234567"
 
@@ -26,6 +29,7 @@ class Commit:
     revision: str
     summary: str
     files: dict[str, bytes]
+    oid: str = COMMIT_OID
 
 
 @dataclass
@@ -37,6 +41,21 @@ class State:
     lfs: dict[str, bytes] = field(default_factory=dict)
     commits: list[Commit] = field(default_factory=list)
     fail_with: tuple[int, str] | None = None  # answer every request with this (status, message)
+
+    def tree(self, repo: str, revision: str) -> tuple[str, dict[str, bytes]] | None:
+        """(commit id, files) of `repo` at a branch (its newest commit) or at a commit id (its
+        branch up to that commit); None when there is no such revision."""
+        mine = [c for c in self.commits if c.repo == repo]
+        named = [c for c in mine if c.oid == revision]
+        if named:
+            mine, revision = mine[: mine.index(named[-1]) + 1], named[-1].revision
+        chain = [c for c in mine if c.revision == revision]
+        if not chain:
+            return None
+        files: dict[str, bytes] = {}
+        for c in chain:
+            files.update(c.files)
+        return chain[-1].oid, files
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -59,13 +78,19 @@ class Handler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def _send(self, status: int, payload: dict | None = None) -> None:
-        data = json.dumps(payload if payload is not None else {}).encode()
+    def _send(
+        self, status: int, payload: dict | bytes | None = None, headers: dict | None = None
+    ) -> None:
+        raw = isinstance(payload, bytes)
+        data = payload if raw else json.dumps(payload if payload is not None else {}).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "application/octet-stream" if raw else "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     def _handle(self, method: str) -> None:
         body = self._body()
@@ -91,6 +116,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         self._handle("GET")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._handle("HEAD")
 
     # ------------------------------------------------------------------ endpoints
     def create_repo(self, body: bytes):
@@ -149,12 +177,47 @@ class Handler(BaseHTTPRequestHandler):
                 if value["oid"] not in self.state.lfs:
                     return 422, {"error": f"LFS object {value['oid']} was never uploaded"}
                 files[value["path"]] = self.state.lfs[value["oid"]]
-        self.state.commits.append(Commit(repo, revision, header["summary"], files))
+        # the first commit has the id tests know (COMMIT_OID); later ones ids of their own
+        n = len(self.state.commits)
+        oid = COMMIT_OID if n == 0 else hashlib.sha1(f"commit-{n}".encode()).hexdigest()
+        self.state.commits.append(Commit(repo, revision, header["summary"], files, oid))
         return 200, {
-            "commitUrl": f"{self.base}/{repo}/commit/{COMMIT_OID}",
-            "commitOid": COMMIT_OID,
+            "commitUrl": f"{self.base}/{repo}/commit/{oid}",
+            "commitOid": oid,
             "success": True,
         }
+
+    def repo_info(self, body: bytes, repo: str, revision: str):
+        found = self.state.tree(repo, unquote(revision))
+        if found is None:
+            return 404, {"error": f"mock hub: {repo} has no revision {revision}"}
+        oid, files = found
+        siblings = [{"rfilename": path, "size": len(data)} for path, data in sorted(files.items())]
+        return 200, {"id": repo, "modelId": repo, "sha": oid, "siblings": siblings,
+                     "private": False, "tags": [], "downloads": 0, "likes": 0}  # fmt: skip
+
+    def list_tree(self, body: bytes, repo: str, revision: str, prefix: str | None):
+        found = self.state.tree(repo, unquote(revision))
+        if found is None:
+            return 404, {"error": f"mock hub: {repo} has no revision {revision}"}
+        prefix = unquote(prefix or "").strip("/")
+        entries = [
+            {"type": "file", "path": path, "size": len(data),
+             "oid": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()}
+            for path, data in sorted(found[1].items())
+            if not prefix or path.startswith(prefix + "/")
+        ]  # fmt: skip
+        return 200, entries
+
+    def resolve(self, body: bytes, repo: str, revision: str, path: str):
+        found = self.state.tree(repo, unquote(revision))
+        path = unquote(path)
+        if found is None or path not in found[1]:
+            return 404, {"error": f"mock hub: no {path} in {repo}@{revision}"}
+        oid, files = found
+        etag = hashlib.sha256(files[path]).hexdigest()
+        headers = {"X-Repo-Commit": oid, "ETag": f'"{etag}"'}
+        return 200, files[path], headers
 
 
 ROUTES = [
@@ -165,6 +228,10 @@ ROUTES = [
     ("POST", r"/([^/]+/[^/]+)\.git/info/lfs/objects/batch", Handler.lfs_batch),
     ("PUT", r"/lfs-storage/([0-9a-f]{64})", Handler.lfs_put),
     ("POST", r"/api/models/([^/]+/[^/]+)/commit/([^/]+)", Handler.commit),
+    ("GET", r"/api/models/([^/]+/[^/]+)/revision/([^/]+)", Handler.repo_info),
+    ("GET", r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", Handler.list_tree),
+    ("HEAD", r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", Handler.resolve),
+    ("GET", r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", Handler.resolve),
 ]
 
 

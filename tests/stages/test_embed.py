@@ -50,7 +50,10 @@ def test_embed_then_kmeans(tiny_export, tmp_path, stage_cfg):
     cfg = stage_cfg("configs/stages/embed.yaml", f"stage.model={tiny_export}",
                     f"data.path={corpus}", "data.label_column=topic", "stage.batch_size=5",
                     "data.max_examples=null", name="embed")  # fmt: skip
-    assert run_stage(cfg) == pytest.approx({"examples": 24, "dim": 16, "seconds": 0}, abs=60)
+    result = run_stage(cfg)
+    assert set(result) == {"examples", "dim", "seconds"}
+    assert (result["examples"], result["dim"]) == (24, 16)
+    assert 0 < result["seconds"] < 60
     features = np.load(tmp_path / "embed" / "outputs" / "features.npy")
     assert features.shape == (24, 16)
 

@@ -44,7 +44,10 @@ def test_second_preparation_reads_the_cache(tmp_path, monkeypatch):
     first = packed_blocks(
         ds, tok, "text", 16, BlockTemplate.of(tok), "fingerprint-a", cache_dir=tmp_path
     )
-    assert len(first) > 0 and len(list((tmp_path).iterdir())) == 1
+    # every document and its [SEP] in one stream, cut into blocks of 14 between [CLS] and [SEP]
+    stream = sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts)
+    assert len(first) == stream // 14 and len(list((tmp_path).iterdir())) == 1
+    assert all(len(ids) == 16 for ids in first["input_ids"])
 
     def no_map(*args, **kwargs):
         raise AssertionError("the cache should have been used")
