@@ -41,11 +41,9 @@ def _write(objective: Objective, module: torch.nn.Module, folder: Path, ctx: Run
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     objective.export(module, str(tmp), ctx)
-    own_card = getattr(objective, "write_model_card", None)  # e.g. energy models: not text
-    if own_card is not None:
-        own_card(tmp, ctx)
-    else:
-        write_model_card(tmp, ctx.cfg, read_metrics(ctx.run_dir), objective.model_card_notes())
+    write_model_card(
+        tmp, ctx.cfg, read_metrics(ctx.run_dir), objective.model_card_notes(), objective
+    )
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 

@@ -290,6 +290,22 @@ class LogConfig:
 
 
 @dataclass
+class CardConfig:
+    """What the export's model card (README.md) states that training cannot know."""
+
+    license: str = "apache-2.0"
+    """License of the weights, as a Hub license id (apache-2.0, mit, cc-by-4.0, other...)."""
+    language: list[str] = field(default_factory=lambda: ["en"])
+    """Languages of the training text, as ISO 639-1 codes."""
+
+    def validate(self) -> list[str]:
+        problems = [] if self.license else ["license must be set (a Hub license id, or other)"]
+        if not all(isinstance(x, str) and x for x in self.language):
+            problems.append(f"language must be a list of language codes, got {self.language}")
+        return problems
+
+
+@dataclass
 class RunConfig:
     output_dir: str = "runs/default"
     """Run folder: config.yaml, metrics.jsonl, checkpoints/, plots/, export/."""
@@ -303,6 +319,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    card: CardConfig = field(default_factory=CardConfig)
+    """Model card facts: license and language."""
 
 
 def _default_choice(kind: str, name: str):

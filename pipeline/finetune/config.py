@@ -12,6 +12,7 @@ from typing import Literal
 
 from pipeline.config import check_minimums
 from pipeline.train_config import (
+    CardConfig,
     EngineConfig,
     LogConfig,
     ObjectiveConfig,
@@ -39,6 +40,14 @@ class FinetuneDataConfig:
     text_column: str = "text"
     """Column holding the text to classify; for objective tokcls a list of words per row (or a
     text, split on whitespace)."""
+    text_pair_column: str | None = None
+    """Second text of a sentence pair (MRPC, STS-B, MNLI: e.g. sentence2 or hypothesis): the
+    two are encoded as one input, `[CLS] text [SEP] pair [SEP]`. seqcls and seqreg only."""
+    eval_sets: dict = field(default_factory=dict)
+    """Named held-out sets scored after training (RUN_DIR/export/eval_results.json and the
+    model card), each given as data.eval_path is: file(s), or `split:NAME` of data.path; e.g.
+    MNLI's {matched: split:validation_matched, mismatched: split:validation_mismatched}. When
+    data.eval_path is unset the first also is the in-training eval set. seqcls and seqreg."""
     label_column: str = "label"
     """Column holding the class: integers (class ids) or strings (class names); for objective
     tokcls a list of tags per row, one per word (e.g. a Sequence(ClassLabel) such as ner_tags)."""
@@ -76,7 +85,22 @@ class FinetuneDataConfig:
             problems.append(f"labels must name at least 2 classes, got {self.labels}")
         if self.text_column == self.label_column:
             problems.append("text_column and label_column must differ")
+        if self.text_pair_column in (self.text_column, self.label_column):
+            problems.append("text_pair_column must differ from text_column and label_column")
+        if self.text_pair_column and self.chunk_words:
+            problems.append(
+                "chunk_words cuts single texts; it cannot be used with text_pair_column"
+            )
+        for name, paths in self.eval_sets.items():
+            if not isinstance(name, str) or not paths:
+                problems.append(f"eval_sets: {name!r} needs a name and file(s) or split:NAME")
+            elif not isinstance(paths, (str, list)):
+                problems.append(f"eval_sets.{name} must be a path, a list of paths or split:NAME")
         return problems
+
+    def eval_set_paths(self) -> dict[str, list[str]]:
+        """data.eval_sets with each entry as a list of paths."""
+        return {n: [p] if isinstance(p, str) else list(p) for n, p in self.eval_sets.items()}
 
 
 @dataclass
@@ -123,3 +147,5 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    card: CardConfig = field(default_factory=CardConfig)
+    """Model card facts: license and language."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
@@ -32,8 +32,9 @@ ROW = "__row"  # the source row of an example, for error messages that survive t
 class LabelledData:
     train: Any  # Dataset with input_ids and label
     eval: Any | None
-    labels: list[str]
+    labels: list[str]  # class names (regression: the label column)
     mean_length: float  # tokens per training example, [CLS] and [SEP] included
+    eval_sets: dict[str, Any] = field(default_factory=dict)  # data.eval_sets, tokenized
 
 
 @dataclass
@@ -136,21 +137,44 @@ def chunk_texts(texts: list[str], words: int) -> list[tuple[int, str]]:
 Steps = tuple[Callable[[dict], dict], Callable[[dict], dict]]  # (rows -> examples, tokenize)
 
 
-def _sequence_steps(tokenizer: Any, cfg: Any, labels: LabelMap, where: str) -> Steps:
-    """One class per text: columns `text` and `label`, texts cut into pieces if asked."""
-    tcol, lcol = cfg.text_column, cfg.label_column
+def _sequence_steps(tokenizer: Any, cfg: Any, labels: LabelMap | None, where: str) -> Steps:
+    """One class (labels=None: one score) per text or text pair: columns `text`, optionally
+    `text_pair`, and `label`; single texts cut into pieces if asked."""
+    tcol, pcol, lcol = cfg.text_column, cfg.text_pair_column, cfg.label_column
+
+    def check_texts(batch: dict, column: str) -> None:
+        for t, i in zip(batch[column], batch[ROW]):
+            if not isinstance(t, str):
+                raise DataError(f"{where} row {i}: {column!r} is {t!r}, not text")
+
+    def to_label(value: Any, i: int) -> int | float:
+        if labels is not None:
+            return labels.to_id(value, f"{where} row {i}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise DataError(f"{where} row {i}: label {value!r} is not a number (regression)")
+        return float(value)
 
     def to_examples(batch: dict) -> dict:
-        for t, i in zip(batch[tcol], batch[ROW]):
-            if not isinstance(t, str):
-                raise DataError(f"{where} row {i}: {tcol!r} is {t!r}, not text")
-        ids = [labels.to_id(v, f"{where} row {i}") for v, i in zip(batch[lcol], batch[ROW])]
+        check_texts(batch, tcol)
+        ids = [to_label(v, i) for v, i in zip(batch[lcol], batch[ROW])]
+        if pcol:
+            check_texts(batch, pcol)
+            return {"text": batch[tcol], "text_pair": batch[pcol], "label": ids}
         if not cfg.chunk_words:
             return {"text": batch[tcol], "label": ids}
         pieces = chunk_texts(batch[tcol], cfg.chunk_words)
         return {"text": [p for _, p in pieces], "label": [ids[r] for r, _ in pieces]}
 
     def tokenize(batch: dict) -> dict:
+        if "text_pair" in batch:  # both texts truncated, the longer first (as GLUE baselines)
+            enc = tokenizer(
+                batch["text"], batch["text_pair"], truncation="longest_first",
+                max_length=cfg.max_length,
+            )  # fmt: skip
+            out = {"input_ids": enc["input_ids"], "label": batch["label"]}
+            if "token_type_ids" in enc:  # segment ids, for models that have them (BERT)
+                out["token_type_ids"] = enc["token_type_ids"]
+            return out
         enc = tokenizer(batch["text"], truncation=True, max_length=cfg.max_length)
         return {"input_ids": enc["input_ids"], "label": batch["label"]}
 
@@ -235,25 +259,60 @@ def _prepare(ds: Any, steps: Steps, cfg: Any, where: str, seed: int, limit: int 
     )
 
 
+def _check_columns(ds: Any, cfg: Any, src: Source, which: str = "") -> None:
+    sources.require_column(ds, cfg.text_column, src, key=f"data.text_column{which}")
+    if cfg.text_pair_column:
+        sources.require_column(ds, cfg.text_pair_column, src, key=f"data.text_pair_column{which}")
+    sources.require_column(ds, cfg.label_column, src, key=f"data.label_column{which}")
+    if len(ds) == 0:
+        raise DataError(f"dataset {src.describe()!r} has no rows")
+
+
+def _with_eval_path(cfg: Any, paths: list[str] | None) -> Any:
+    """The data section with data.eval_path replaced (to resolve a named eval set)."""
+    import copy
+
+    out = copy.copy(cfg)
+    out.eval_path = paths
+    return out
+
+
 def load_labelled(
-    ctx: RunContext, tokenizer: Any, per_token: bool = False, label_all_subtokens: bool = False
+    ctx: RunContext,
+    tokenizer: Any,
+    per_token: bool = False,
+    label_all_subtokens: bool = False,
+    regression: bool = False,
 ) -> LabelledData:
     """Train and held-out examples. per_token: one tag per word (token classification, which
     needs a fast tokenizer for `word_ids`); label_all_subtokens: tag every sub-token of a word,
-    not just its first."""
+    not just its first; regression: float labels (one score per text or pair), no label map.
+
+    The held-out set is data.eval_path, else the first of data.eval_sets, else a split of the
+    training rows; `LabelledData.eval_sets` holds every named set (tokenized the same way)."""
     cfg, seed = ctx.cfg.data, ctx.cfg.train.seed
-    train_src, eval_src = text.resolve_sources(cfg)
+    named = cfg.eval_set_paths() if hasattr(cfg, "eval_set_paths") else {}
+    if named and not cfg.eval_path:
+        cfg_primary = _with_eval_path(cfg, next(iter(named.values())))
+    else:
+        cfg_primary = cfg
+    train_src, eval_src = text.resolve_sources(cfg_primary)
+    named_src = {n: text.resolve_sources(_with_eval_path(cfg, p))[1] for n, p in named.items()}
     with ctx.main_first():
         train = sources.load(train_src)
         ev = sources.load(eval_src) if eval_src else None
-    for ds, src, which in ((train, train_src, ""), (ev, eval_src, " (eval)")):
-        if ds is None:
-            continue
-        sources.require_column(ds, cfg.text_column, src, key=f"data.text_column{which}")
-        sources.require_column(ds, cfg.label_column, src, key=f"data.label_column{which}")
-        if len(ds) == 0:
-            raise DataError(f"dataset {src.describe()!r} has no rows")
-    labels = label_map(train, cfg.label_column, cfg.labels, train_src, per_token)
+        named_ds = {n: sources.load(src) for n, src in named_src.items()}
+    _check_columns(train, cfg, train_src)
+    if ev is not None:
+        _check_columns(ev, cfg, eval_src, " (eval)")
+    for n, ds in named_ds.items():
+        _check_columns(ds, cfg, named_src[n], f" (eval set {n})")
+    if regression:
+        labels = None
+        names = [cfg.label_column]
+    else:
+        labels = label_map(train, cfg.label_column, cfg.labels, train_src, per_token)
+        names = labels.names
     # number rows before the split so errors name the row of the file, not of a split
     train = train.add_column(ROW, list(range(len(train))))
     if ev is not None:
@@ -265,6 +324,7 @@ def load_labelled(
         )
         train, ev = split["train"], split["test"]
         eval_src = train_src
+    named_ds = {n: ds.add_column(ROW, list(range(len(ds)))) for n, ds in named_ds.items()}
 
     def steps(src: Source) -> Steps:
         if per_token:
@@ -279,8 +339,14 @@ def load_labelled(
             ev = _prepare(
                 ev, steps(eval_src), cfg, eval_src.describe(), seed, cfg.max_eval_examples
             )
+        named_ds = {
+            n: _prepare(
+                ds, steps(named_src[n]), cfg, named_src[n].describe(), seed, cfg.max_eval_examples
+            )
+            for n, ds in named_ds.items()
+        }
     lengths = [len(x) for x in train[: min(len(train), 10_000)]["input_ids"]]
-    return LabelledData(train, ev, labels.names, sum(lengths) / len(lengths))
+    return LabelledData(train, ev, names, sum(lengths) / len(lengths), named_ds)
 
 
 class PaddedEval:

@@ -9,8 +9,10 @@ loads it as is.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -37,23 +39,36 @@ class SequenceClassifier(nn.Module):
     Token classification (logits per token) is the same computation over labelled tokens: each
     token whose label is not IGNORE counts as one example, weighted by its row's weight."""
 
-    def __init__(self, model: nn.Module, num_labels: int, label_smoothing: float = 0.0):
+    def __init__(
+        self,
+        model: nn.Module,
+        num_labels: int,
+        label_smoothing: float = 0.0,
+        entity_tags: list[str] | None = None,
+    ):
         super().__init__()
         self.model = model
         self.num_labels = num_labels
         self.label_smoothing = label_smoothing
+        self.entity_tags = entity_tags
+        """IOB tag names (tokcls): evaluation also counts entities, as seqeval does."""
 
-    def forward(self, input_ids, attention_mask, labels, weight):
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    def forward(self, input_ids, attention_mask, labels, weight, token_type_ids=None):
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        logits = logits.logits.float()
         w = weight.float()
+        entities = {}
         if logits.dim() == 3:  # (batch, tokens, tags): one example per labelled token
+            if self.entity_tags and not self.training:  # a host sync: evaluation only
+                entities = cls_metrics.entity_counts(logits, labels, w, self.entity_tags)
             w = (w[:, None] * (labels != IGNORE)).flatten()
             logits, labels = logits.flatten(0, 1), labels.clamp(min=0).flatten()
         losses = F.cross_entropy(
             logits, labels, reduction="none", label_smoothing=self.label_smoothing
         )
         loss = (losses * w).sum() / w.sum().clamp(min=1.0)
-        return loss, cls_metrics.counts(logits, labels, losses, w, self.num_labels)
+        return loss, {**cls_metrics.counts(logits, labels, losses, w, self.num_labels), **entities}
 
 
 def load_tokenizer(source: str):
@@ -121,6 +136,8 @@ class SequenceClassification(Objective):
     )
     per_token_head: ClassVar[bool] = False
     """The classification head runs on every token (tokcls), not once per text."""
+    regression: ClassVar[bool] = False
+    """One float score per example (seqreg), not a class."""
 
     @dataclass
     class Config(ObjectiveConfig):
@@ -142,6 +159,8 @@ class SequenceClassification(Objective):
         data = self.load_data(ctx, tok)
         self.labels = data.labels
         self.mean_length = data.mean_length
+        # scored after training, at export: the named sets, else the held-out set
+        self.final_sets = data.eval_sets or ({"eval": data.eval} if data.eval is not None else {})
         micro_total = ctx.cfg.train.micro_batch_size * ctx.world_size
         if len(data.train) < micro_total:
             raise DataError(
@@ -195,6 +214,10 @@ class SequenceClassification(Objective):
                 f"data.max_length={ctx.cfg.data.max_length} exceeds the model's "
                 f"max_position_embeddings={model.config.max_position_embeddings}"
             )
+        return self.wrap(model)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The engine's module around the stock model (loss and reducible metric counts)."""
         return SequenceClassifier(model, len(self.labels), self.cfg.label_smoothing)
 
     def collate(self, examples: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -212,12 +235,18 @@ class SequenceClassification(Objective):
             for i, t in enumerate(labels):
                 tags[i, : len(t)] = torch.as_tensor(t, dtype=torch.long)
             labels = tags
-        return {
+        batch = {
             "input_ids": ids,
             "attention_mask": mask,
-            "labels": torch.as_tensor(labels, dtype=torch.long),
+            "labels": torch.as_tensor(labels, dtype=torch.float if self.regression else torch.long),
             "weight": torch.as_tensor(weight, dtype=torch.float),
         }
+        if "token_type_ids" in examples:  # sentence pairs: segment ids, padding in segment 0
+            types = torch.zeros((len(rows), longest), dtype=torch.long)
+            for i, t in enumerate(examples["token_type_ids"]):
+                types[i, : len(t)] = torch.as_tensor(t, dtype=torch.long)
+            batch["token_type_ids"] = types
+        return batch
 
     def flops_per_example(self, module: nn.Module) -> float:
         model = module.model
@@ -233,3 +262,32 @@ class SequenceClassification(Objective):
         module.model.save_pretrained(folder, safe_serialization=True)
         if ctx.tokenizer is not None:
             ctx.tokenizer.save_pretrained(folder)
+        sets = getattr(self, "final_sets", {})
+        if sets and not self.per_token_head:
+            scores = {
+                name: self.score(module.model, ds, ctx.cfg.train.micro_batch_size)
+                for name, ds in sets.items()
+            }
+            Path(folder, cls_metrics.RESULTS_FILE).write_text(json.dumps(scores, indent=1))
+            if ctx.is_main:
+                log.info("held-out scores: %s", json.dumps(scores))
+
+    @torch.no_grad()
+    def score(self, model: nn.Module, ds: Any, batch_size: int) -> dict[str, float]:
+        """GLUE-style scores of `model` on a tokenized held-out set, from its predictions
+        (scikit-learn and scipy; see metrics.glue_scores)."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        preds, gold = [], []
+        generator = torch.Generator().manual_seed(0)
+        for start in range(0, len(ds), batch_size):
+            batch = self.collate(ds[start : start + batch_size], generator)
+            inputs = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "weight")}
+            logits = model(**inputs).logits.float()
+            preds.append(logits.squeeze(-1) if self.regression else logits.argmax(-1))
+            gold.append(batch["labels"])
+        model.train(was_training)
+        pred = torch.cat(preds).cpu().numpy()
+        true = torch.cat(gold).numpy()
+        return cls_metrics.glue_scores(pred, true, len(self.labels), self.regression)

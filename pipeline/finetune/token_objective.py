@@ -14,9 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from torch import nn
+
 from pipeline import registry
 from pipeline.data.sources import DataError
-from pipeline.finetune.objective import SequenceClassification
+from pipeline.finetune.metrics import is_iob
+from pipeline.finetune.objective import SequenceClassification, SequenceClassifier
 from pipeline.objectives.base import Task
 from pipeline.protocols import RunContext
 
@@ -31,7 +34,11 @@ class TokenClassification(SequenceClassification):
     task = Task(
         pipeline_tag="token-classification",
         name="Token classification",
-        metrics={"accuracy": ("accuracy", "token accuracy"), "macro_f1": ("f1", "token macro-F1")},
+        metrics={
+            "entity_f1": ("seqeval", "entity F1 (seqeval)"),
+            "accuracy": ("accuracy", "token accuracy"),
+            "macro_f1": ("f1", "token macro-F1"),
+        },
         finetuned=True,
     )
     per_token_head = True
@@ -42,6 +49,10 @@ class TokenClassification(SequenceClassification):
         label_all_subtokens: bool = False
         """Put a word's tag on every sub-token, not only the first (a B-X tag becomes I-X after
         the first); metrics then count sub-tokens, not words."""
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        entity_tags = self.labels if is_iob(self.labels) else None
+        return SequenceClassifier(model, len(self.labels), self.cfg.label_smoothing, entity_tags)
 
     def load_data(self, ctx: RunContext, tokenizer: Any) -> LabelledData:
         from pipeline.finetune.data import load_labelled

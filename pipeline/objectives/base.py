@@ -120,5 +120,11 @@ class Objective:
         """Markdown appended to the exported model card (e.g. how to pool embeddings)."""
         return ""
 
+    def model_card(self, folder: Any, cfg: Any, metrics: list[dict]) -> str | None:
+        """The whole model card (README.md with its YAML header) of an export that is not a
+        transformers model (e.g. an energy net); None: the standard card (model_card.render),
+        with `model_card_notes`."""
+        return None
+
     def plots(self, module: nn.Module, ctx: RunContext, step: int) -> None:
         """Pictures saved into RUN_DIR/plots during training (e.g. energy landscapes)."""

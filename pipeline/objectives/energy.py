@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -274,29 +274,29 @@ class EnergyObjective(Objective):
         save_energy(module.export_net(), folder, info)
         self._card = (info, last_eval(ctx))
 
-    def write_model_card(self, folder: str, ctx: RunContext) -> None:
+    def model_card(self, folder: Any, cfg: Any, metrics: list[dict]) -> str | None:
         """README.md of the export: Hub metadata, what the energy model is (model_card_notes),
         how it was trained and the resolved config; not the text models' card."""
-        from huggingface_hub import ModelCard, ModelCardData
+        from huggingface_hub import ModelCardData
 
         info, metrics = getattr(self, "_card", (None, {}))
         data = ModelCardData(
-            library_name="pipeline", license="apache-2.0",
+            library_name="pipeline", license=getattr(getattr(cfg, "card", None), "license", "apache-2.0"),
             tags=["energy-based-model", self.cfg.name, "pipeline"],
         )  # fmt: skip
-        t = ctx.cfg.train
+        t = cfg.train
         body = [
             "---", data.to_yaml(), "---", "",
             f"# Energy-based model ({self.cfg.name})", "",
             self.model_card_notes(), "",
             "## Training", "",
-            f"- objective `{self.cfg.name}`, model `{ctx.cfg.model.name}`, {t.max_steps} steps "
+            f"- objective `{self.cfg.name}`, model `{cfg.model.name}`, {t.max_steps} steps "
             f"of {t.micro_batch_size} examples per process, seed {t.seed}",
-            f"- optimizer AdamW, lr {ctx.cfg.optim.lr}, schedule {ctx.cfg.optim.schedule}",
+            f"- optimizer AdamW, lr {cfg.optim.lr}, schedule {cfg.optim.schedule}",
             "", "## Configuration", "", "```yaml",
-            yaml_dump(config_lib.redact(config_lib.to_dict(ctx.cfg))).rstrip(), "```", "",
+            yaml_dump(config_lib.redact(config_lib.to_dict(cfg))).rstrip(), "```", "",
         ]  # fmt: skip
-        ModelCard("\n".join(body)).save(f"{folder}/README.md")
+        return "\n".join(body)
 
     def model_card_notes(self) -> str:
         """What the export is: an energy network over inputs of the trained shape, how to

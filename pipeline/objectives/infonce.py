@@ -8,8 +8,10 @@ each process's loss averages over its own queries, DDP averages the gradients, a
 backward sums the key gradients coming from every process.
 
 The encoder is the bare encoder of any registered transformer family (model.name=bert:
-presets, overrides or a from_pretrained MLM export); the export loads with `AutoModel`. Sentence embedding = the pooling
-named in `objective.pooling` of the last hidden states, L2-normalised (see the model card).
+presets, overrides or a from_pretrained MLM export); the export loads with `AutoModel`, and with
+`SentenceTransformer(path)` (modules.json and the pooling config are written beside it). Sentence
+embedding = the pooling named in `objective.pooling` of the last hidden states, L2-normalised
+(see the model card).
 """
 
 from __future__ import annotations
@@ -54,6 +56,42 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x, 0
     return _GatherWithGrad.apply(x), dist.get_rank() * len(x)
+
+
+def write_sentence_transformers(folder: str, dim: int, pooling: str, max_seq_length: int) -> None:
+    """The files `SentenceTransformer(folder)` reads, beside the transformers ones: modules
+    Transformer (this folder) -> Pooling (`pooling`, as `pool`) -> Normalize, so its `encode`
+    returns this objective's embeddings (`InfoNCEModule.embed`). Written as sentence-transformers
+    3+ writes them; the package itself is not needed to export."""
+    import json
+    from pathlib import Path
+
+    root = Path(folder)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize",
+         "type": "sentence_transformers.models.Normalize"},
+    ]  # fmt: skip
+    (root / "modules.json").write_text(json.dumps(modules, indent=2))
+    (root / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}, indent=2)
+    )
+    (root / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"})
+    )
+    (root / "1_Pooling").mkdir(exist_ok=True)
+    (root / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": dim,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False,
+        "include_prompt": True,
+    }, indent=2))  # fmt: skip
+    (root / "2_Normalize").mkdir(exist_ok=True)  # Normalize has no settings (as ST saves it)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -217,6 +255,9 @@ class InfoNCE(Objective):
         module.encoder.save_pretrained(folder, safe_serialization=True)
         if ctx.tokenizer is not None:
             ctx.tokenizer.save_pretrained(folder)
+        write_sentence_transformers(
+            folder, module.encoder.config.hidden_size, self.cfg.pooling, ctx.cfg.data.block_size
+        )
 
     def model_card_notes(self) -> str:
         how = {
@@ -237,6 +278,13 @@ class InfoNCE(Objective):
             if self.cfg.pooling == "mean" else "",
             "emb = (h * m).sum(1) / m.sum(1)" if self.cfg.pooling == "mean" else "emb = h[:, 0]",
             "emb = torch.nn.functional.normalize(emb, dim=-1)",
+            "```",
+            "",
+            "The same embeddings with sentence-transformers (the export has its modules.json and "
+            "pooling config):",
+            "```python",
+            "from sentence_transformers import SentenceTransformer",
+            "emb = SentenceTransformer(path).encode(texts)  # pooled and L2-normalised",
             "```",
             "",
         ])  # fmt: skip

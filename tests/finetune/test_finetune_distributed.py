@@ -93,11 +93,16 @@ def test_model_card_parses_with_eval_results(run):
     assert card.data.pipeline_tag == "text-classification"
     assert card.data.license == "apache-2.0" and card.data.language == ["en"]
     logged = metrics(out, "eval")[-1]
-    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    results = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    # the exported weights scored on the held-out set after training (eval_results.json):
+    # the same weights and examples as the last logged evaluation
+    final = json.loads((out / "export" / "eval_results.json").read_text())["eval"]
     assert results == {
         "accuracy": round(logged["accuracy"], 4),
-        "f1": round(logged["macro_f1"], 4),
+        "macro-F1": round(logged["macro_f1"], 4),
+        "Matthews correlation": round(final["mcc"], 4),
     }
+    assert final["n"] == 61
     for section in ("## Training data", "## Training", "hardware: CPU", "2 processes",
                     "throughput:", "## Intended use and limits", "## Configuration"):  # fmt: skip
         assert section in card.text, section

@@ -3,7 +3,10 @@ fine-tune of a tiny export on a synthetic tagging task whose held-out metrics mu
 of the exported model under stock `pipeline("token-classification")`.
 
 The task: words of the three topics carry their topic's tag, filler words carry "O"; some
-topic words are glued to a filler word ("shipthe"), so they span several sub-tokens.
+topic words are glued to a filler word ("shipthe"), so they span several sub-tokens. The
+2-process run tags in IOB2 (a topic word after one of the same topic continues its entity:
+I-sea), so entity-level F1 is logged beside token accuracy and must equal seqeval's on the
+exported model's predictions.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import types
 from pathlib import Path
 
 import pytest
+import seqeval.metrics as seqeval
 from sklearn.metrics import accuracy_score, f1_score
 
 from pipeline.config import load_config
@@ -25,13 +29,15 @@ from tests.conftest import ROOT, metrics, run_cli
 from tests.finetune.conftest import FILLER, TOPICS, write_jsonl
 
 TAGS = ["O", *sorted(TOPICS)]  # string tags: the label map sorts them, "O" first
+IOB_TAGS = sorted(["O", *(f"{p}-{t}" for t in TOPICS for p in "BI")])
 STEPS = 40
 RECIPE = str(ROOT / "configs/finetune/wikiann-ner.yaml")
 
 
-def tagging_rows(n: int, seed: int, noisy: float = 0.0) -> list[dict]:
+def tagging_rows(n: int, seed: int, noisy: float = 0.0, iob: bool = False) -> list[dict]:
     """Rows of 10 words, 3 to 5 from random topics; `noisy` of the tags are wrong (held-out
-    accuracy then stays below 1, so a miscount would show)."""
+    accuracy then stays below 1, so a miscount would show). iob: topic tags in IOB2, B-topic
+    on a word that does not follow a word of its topic, I-topic on one that does."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
@@ -46,8 +52,15 @@ def tagging_rows(n: int, seed: int, noisy: float = 0.0) -> list[dict]:
         order = list(range(10))
         rng.shuffle(order)
         words, tags = [words[i] for i in order], [tags[i] for i in order]
+        names = TAGS
+        if iob:
+            tags = [
+                t if t == "O" else ("I-" if j and tags[j - 1] == t else "B-") + t
+                for j, t in enumerate(tags)
+            ]
+            names = IOB_TAGS
         tags = [
-            rng.choice([x for x in TAGS if x != t]) if rng.random() < noisy else t for t in tags
+            rng.choice([x for x in names if x != t]) if rng.random() < noisy else t for t in tags
         ]
         rows.append({"tokens": words, "tags": tags})
     return rows
@@ -127,9 +140,9 @@ def test_a_row_whose_tags_do_not_match_its_words_is_refused(tiny_export, tmp_pat
 @pytest.fixture(scope="module")
 def run(tiny_export, tmp_path_factory):
     root = tmp_path_factory.mktemp("tokcls")
-    train = write_jsonl(root / "train.jsonl", tagging_rows(300, seed=1))
+    train = write_jsonl(root / "train.jsonl", tagging_rows(300, seed=1, iob=True))
     # 61 rows: not a multiple of (micro batch x processes), so eval needs padding
-    heldout = write_jsonl(root / "eval.jsonl", tagging_rows(61, seed=2, noisy=0.1))
+    heldout = write_jsonl(root / "eval.jsonl", tagging_rows(61, seed=2, noisy=0.1, iob=True))
     out = root / "run"
     run_cli(
         ["finetune", str(tiny_export), RECIPE, f"data.path={train}", f"data.eval_path={heldout}",
@@ -147,7 +160,11 @@ def test_tokcls_learns_and_writes_token_metrics(run):
     evals, train = metrics(out, "eval"), metrics(out, "train")
     assert [e["step"] for e in evals] == [20, STEPS]
     assert all({"loss", "accuracy", "macro_f1"} <= set(e) for e in evals + train)
-    assert not any(k.startswith(("tp_", "pred_", "true_")) for e in evals + train for k in e)
+    # entity scores are counted in evaluation only (a host sync per batch)
+    assert all({"entity_f1", "entity_precision", "entity_recall"} <= set(e) for e in evals)
+    assert not any(
+        k.startswith(("tp_", "pred_", "true_", "ent_")) for e in evals + train for k in e
+    )
     assert train[-1]["loss"] < train[0]["loss"] - 0.3, (train[0], train[-1])
     # every word "O" would score about 0.6 (4 of 10 words are topic words on average); 10% of
     # held-out tags are wrong, so 0.9 is the ceiling
@@ -161,20 +178,33 @@ def test_export_tags_with_stock_pipeline_as_logged(run):
     export = out / "export"
     config = json.loads((export / "config.json").read_text())
     assert config["architectures"] == ["BertForTokenClassification"]
-    assert config["id2label"] == {str(i): t for i, t in enumerate(TAGS)}
+    assert config["id2label"] == {str(i): t for i, t in enumerate(IOB_TAGS)}
     AutoModelForTokenClassification.from_pretrained(export)
     tagger = pipeline("token-classification", model=str(export), ignore_labels=[])
     rows = [json.loads(line) for line in heldout.read_text().splitlines()]
-    y, pred = [], []
+    y, pred, y_rows, pred_rows = [], [], [], []
     for row, tokens in zip(rows, tagger([" ".join(r["tokens"]) for r in rows])):
         # a word's prediction is its first sub-token's, as in training
         words = [t["entity"] for t in tokens if not t["word"].startswith("##")]
         assert len(words) == len(row["tokens"]), tokens
         y += row["tags"]
         pred += words
+        y_rows.append(row["tags"])
+        pred_rows.append(words)
     logged = metrics(out, "eval")[-1]
     # 2 processes, 61 rows padded to 64: the reduced metrics equal the whole-set ones
     assert logged["accuracy"] == pytest.approx(accuracy_score(y, pred), abs=1e-6)
     assert logged["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-6)
+    # entity level, as seqeval scores it (the padding copies counted for nothing)
+    assert logged["entity_f1"] == pytest.approx(seqeval.f1_score(y_rows, pred_rows), abs=1e-6)
+    assert logged["entity_precision"] == pytest.approx(
+        seqeval.precision_score(y_rows, pred_rows), abs=1e-6
+    )
+    assert logged["entity_recall"] == pytest.approx(
+        seqeval.recall_score(y_rows, pred_rows), abs=1e-6
+    )
+    assert 0.3 < logged["entity_f1"] < logged["accuracy"], logged  # learned; entities are harder
     card = (export / "README.md").read_text()
     assert "pipeline_tag: token-classification" in card
+    assert "fine-tuned for token classification" in card and "text classification" not in card
+    assert "type: seqeval" in card  # the model-index reports entity F1

@@ -26,6 +26,10 @@ TOKENIZER = ROOT / "tests" / "fixtures" / "tokenizer-bible-1k"
 LOCAL_SOURCES = ("toy:", "sklearn:")  # offline and small already: kept as the recipe has them
 
 
+def _is_suite(path: Path) -> bool:
+    return path.suffix == ".yaml" and "tasks" in (yaml.safe_load(path.read_text()) or {})
+
+
 def schema_for(path: Path) -> type | None:
     folder = path.relative_to(ROOT / "configs").parts[0]
     if folder in ("mlm", "ebm"):
@@ -33,6 +37,10 @@ def schema_for(path: Path) -> type | None:
 
         return RunConfig
     if folder == "finetune":
+        if _is_suite(path):  # python -m pipeline finetune-suite: tasks x seeds of fine-tunes
+            from pipeline.commands.finetune_suite import SuiteConfig
+
+            return SuiteConfig
         from pipeline.finetune.config import FinetuneConfig
 
         return FinetuneConfig
@@ -180,7 +188,8 @@ def _one_thread_fresh_accelerate():
 
 
 RUNNABLE = [p for p in CONFIGS if p.suffix == ".yaml" and schema_for(p) is not None
-            and p.relative_to(ROOT / "configs").parts[0] != "pipeline"]  # fmt: skip
+            and p.relative_to(ROOT / "configs").parts[0] != "pipeline"
+            and not _is_suite(p)]  # fmt: skip
 
 
 @pytest.mark.parametrize("path", RUNNABLE, ids=lambda p: str(p.relative_to(ROOT / "configs")))
@@ -218,6 +227,19 @@ def test_chain_steps_are_shipped_recipes_that_build(path):
         recipe = Path(_recipe(step, path)).resolve()
         assert recipe in {p.resolve() for p in RUNNABLE}, recipe
         load_config(_schema(step.command), recipe, list(step.overrides))
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if _is_suite(p)], ids=lambda p: p.name)
+def test_suite_tasks_build(path):
+    """A fine-tuning suite's tasks (Hub data: run by tests/finetune/test_glue.py on local data
+    of the same shapes) each build a fine-tuning config."""
+    from pipeline.commands.finetune_suite import parse_tasks, task_config
+
+    suite = load_config(schema_for(path), path)
+    tasks = parse_tasks(suite, path.parent)
+    assert tasks
+    for name, task in tasks.items():
+        assert task_config(suite, name, task, seed=suite.seeds[0]).train.seed == suite.seeds[0]
 
 
 @pytest.mark.parametrize(
