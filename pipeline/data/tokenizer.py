@@ -1,4 +1,5 @@
-"""Tokenizers: load one by name/folder, or train a WordPiece tokenizer on the corpus."""
+"""Tokenizers: load one by name/folder, or train one on the corpus (WordPiece for BERT, byte-level
+BPE for RoBERTa and ModernBERT); which tokens continue a word, for whole-word masking."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import (
+    AddedToken,
     Tokenizer,
     decoders,
     models,
@@ -53,6 +55,57 @@ def train_wordpiece(
     )
 
 
+# special tokens of a byte-level BPE, in id order: RoBERTa's (as roberta-base: <s>=0, <pad>=1,
+# </s>=2, <unk>=3, <mask> last) or BERT's names (as ModernBERT's tokenizer)
+BPE_SPECIALS = {
+    "roberta": {"cls": "<s>", "pad": "<pad>", "sep": "</s>", "unk": "<unk>", "mask": "<mask>"},
+    "bert": {"cls": "[CLS]", "pad": "[PAD]", "sep": "[SEP]", "unk": "[UNK]", "mask": "[MASK]"},
+}
+
+
+def train_byte_bpe(
+    texts: Iterable[str], vocab_size: int, lowercase: bool = False, style: str = "roberta"
+) -> PreTrainedTokenizerFast:
+    """GPT-2/RoBERTa's byte-level BPE (every byte is in the alphabet: no unknown token in
+    practice; a leading space is part of a word, shown as `Ġ`) trained with `tokenizers`, with
+    the family's special tokens; the mask token swallows the space before it, so
+    `fill-mask("a <mask> b")` works as with roberta-base."""
+    names = BPE_SPECIALS[style]
+    order = [names[k] for k in ("cls", "pad", "sep", "unk", "mask")]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=order,
+        min_frequency=2,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_batches(texts), trainer=trainer)
+    cls_tok, sep_tok = names["cls"], names["sep"]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{cls_tok} $A {sep_tok}",
+        pair=f"{cls_tok} $A {sep_tok} {sep_tok} $B:1 {sep_tok}:1"
+        if style == "roberta"
+        else f"{cls_tok} $A {sep_tok} $B:1 {sep_tok}:1",
+        special_tokens=[(cls_tok, tok.token_to_id(cls_tok)), (sep_tok, tok.token_to_id(sep_tok))],
+    )
+    extra = {"bos_token": cls_tok, "eos_token": sep_tok} if style == "roberta" else {}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token=names["unk"],
+        pad_token=names["pad"],
+        cls_token=cls_tok,
+        sep_token=sep_tok,
+        mask_token=AddedToken(names["mask"], lstrip=True, rstrip=False, special=True),
+        model_input_names=["input_ids", "attention_mask"],
+        **extra,
+    )
+
+
 def _batches(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
     batch: list[str] = []
     for t in texts:
@@ -92,14 +145,49 @@ def save_tokenizer(tok: PreTrainedTokenizerBase, folder: str | Path) -> None:
     tok.save_pretrained(str(folder))
 
 
-def word_continuation(tok: PreTrainedTokenizerBase) -> torch.Tensor:
-    """Bool per token id: True where the token continues the previous word (WordPiece `##x`),
-    so whole-word masking gives every piece of a word the decision of its first piece."""
-    prefix = "##"
-    model = getattr(getattr(tok, "backend_tokenizer", None), "model", None)
-    if model is not None and getattr(model, "continuing_subword_prefix", None):
-        prefix = model.continuing_subword_prefix
+def word_marking(tok: PreTrainedTokenizerBase) -> tuple[str, str] | None:
+    """How the tokenizer's pieces show word boundaries: ("continuation", "##") for WordPiece
+    (a piece continuing a word carries the prefix), ("start", "Ġ") for byte-level BPE and
+    ("start", "▁") for SentencePiece / Metaspace (a piece starting a word carries it); None
+    when it gives no word information (then whole-word masking is impossible)."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    model = backend.model
+    prefix = getattr(model, "continuing_subword_prefix", None)
+    if type(model).__name__ == "WordPiece":
+        return ("continuation", prefix or "##")
+    if prefix:
+        return ("continuation", prefix)
+    described = repr(backend.pre_tokenizer) + repr(backend.decoder) + repr(backend.normalizer)
+    if "ByteLevel" in described:
+        return ("start", "Ġ")
+    if "Metaspace" in described or "▁" in described:
+        return ("start", "▁")
+    return None
+
+
+def word_continuation(tok: PreTrainedTokenizerBase, where: str = "") -> torch.Tensor:
+    """Bool per token id: True where the token continues the previous word (WordPiece `##x`;
+    a BPE/SentencePiece piece without the word-start mark `Ġ`/`▁` that begins with a letter or
+    digit, as the pre-tokenizer splits punctuation off as its own word), so whole-word masking
+    gives every piece of a word the decision of its first piece. A DataError when the tokenizer
+    marks no word boundaries."""
+    marking = word_marking(tok)
+    if marking is None:
+        name = where or getattr(tok, "name_or_path", "") or type(tok).__name__
+        raise DataError(
+            f"whole-word masking needs word boundaries, but tokenizer {name} gives no word ids "
+            "(not WordPiece, byte-level BPE or SentencePiece); use objective.masking=token or span"
+        )
+    how, mark = marking
+    special = set(tok.all_special_tokens)
     cont = torch.zeros(len(tok), dtype=torch.bool)
     for token, i in tok.get_vocab().items():
-        cont[i] = token.startswith(prefix)
+        if i >= len(cont) or token in special:
+            continue
+        if how == "continuation":
+            cont[i] = token.startswith(mark)
+        else:
+            cont[i] = not token.startswith(mark) and token[:1].isalnum()
     return cont
