@@ -17,14 +17,14 @@ from safetensors.torch import load_file
 
 from tests.conftest import metrics, run_cli
 
-STEPS, HALF, VOCAB = 60, 30, 1000
+STEPS, HALF, VOCAB = 40, 20, 1000
 ARGS = [
     "model.overrides={hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 2}",
     "model.dropout=0.0",
     "data.block_size=32",
     f"tokenizer.vocab_size={VOCAB}",
     "train.micro_batch_size=16",
-    "optim.lr=3e-3",
+    "optim.lr=5e-3",
     "optim.warmup_steps=5",
     f"train.max_steps={STEPS}",
     f"train.checkpoint_every={HALF}",
@@ -45,7 +45,7 @@ EXTRA = {
 def corpus(tmp_path_factory) -> Path:
     from pipeline.data.embedded import materialize
 
-    lines = Path(materialize("bible")["train"]).read_text().splitlines()[:400]
+    lines = Path(materialize("bible")["train"]).read_text().splitlines()[:250]
     path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -69,7 +69,7 @@ def test_family_trains_exports_and_resumes(family, corpus, tmp_path):
     train(family, corpus, straight)
     evals = metrics(straight, "eval")
     assert [e["step"] for e in evals] == [HALF, STEPS]
-    assert evals[-1]["loss"] < math.log(VOCAB) - 1.5, evals  # a fresh model: about log(V)
+    assert evals[-1]["loss"] < math.log(VOCAB) - 1.0, evals  # a fresh model: about log(V)
 
     export = str(straight / "export")
     model = AutoModelForMaskedLM.from_pretrained(export)
