@@ -127,8 +127,9 @@ def source_problems(data: Any) -> list[str]:
 @dataclass
 class TokenizerConfig:
     name_or_path: str | None = None
-    """A tokenizer to load (Hub name or folder); when unset a WordPiece tokenizer is trained on
-    the corpus and saved into the run folder."""
+    """A tokenizer to load (Hub name or folder); when unset the model family's tokenizer is
+    trained on the corpus (WordPiece for bert, byte-level BPE for roberta and modernbert) and
+    saved into the run folder."""
     vocab_size: int = 8192
     """Vocabulary size of a trained tokenizer."""
     lowercase: bool = True
