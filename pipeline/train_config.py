@@ -75,6 +75,13 @@ class DataConfig:
     """Page-locked host batches for asynchronous copies to the GPU (CUDA only)."""
     max_eval_examples: int = 1024
     """At most this many held-out examples (blocks) are evaluated."""
+    document_attention: bool = False
+    """Masked LM: a token attends only to its own document inside a packed block (a
+    block-diagonal attention mask) and positions restart at each document."""
+    mix: list[dict[str, Any]] | None = None
+    """Train on a weighted mixture of sources instead of data.path: a list of
+    {path, name?, split?, weight}; documents are interleaved by a sampler seeded with
+    train.seed (datasets.interleave_datasets), the realised proportions are logged."""
 
     def validate(self) -> list[str]:
         problems = source_problems(self) + check_minimums(
@@ -90,7 +97,35 @@ class DataConfig:
             problems.append("set one of image_column and feature_columns, not both")
         if self.block_size < 8:
             problems.append(f"block_size must be at least 8, got {self.block_size}")
+        problems += mix_problems(self.mix)
         return problems
+
+
+def mix_problems(mix: list[dict[str, Any]] | None) -> list[str]:
+    """data.mix: every entry names a path and a weight >= 0, the weights do not all vanish."""
+    if mix is None:
+        return []
+    if not isinstance(mix, list) or not mix:
+        return ["mix must be a non-empty list of {path, weight} sources"]
+    problems = []
+    weights = []
+    for i, entry in enumerate(mix):
+        if not isinstance(entry, dict) or not entry.get("path"):
+            problems.append(f"mix[{i}] must be a mapping with a path, got {entry!r}")
+            continue
+        unknown = sorted(set(entry) - {"path", "name", "split", "weight"})
+        if unknown:
+            problems.append(f"mix[{i}] ({entry['path']}): unknown keys {', '.join(unknown)}")
+        weight = entry.get("weight", 1.0)
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
+            problems.append(
+                f"mix[{i}] ({entry['path']}): weight must be a number >= 0, got {weight!r}"
+            )
+        else:
+            weights.append(float(weight))
+    if not problems and sum(weights) == 0:
+        problems.append("mix: the weights are all zero")
+    return problems
 
 
 def source_problems(data: Any) -> list[str]:
@@ -107,8 +142,9 @@ def source_problems(data: Any) -> list[str]:
 @dataclass
 class TokenizerConfig:
     name_or_path: str | None = None
-    """A tokenizer to load (Hub name or folder); when unset a WordPiece tokenizer is trained on
-    the corpus and saved into the run folder."""
+    """A tokenizer to load (Hub name or folder); when unset the model family's tokenizer is
+    trained on the corpus (WordPiece for bert, byte-level BPE for roberta and modernbert) and
+    saved into the run folder."""
     vocab_size: int = 8192
     """Vocabulary size of a trained tokenizer."""
     lowercase: bool = True

@@ -8,12 +8,16 @@ the others wait, then everyone reads the cached result.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
+import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from pipeline.data import packing, sources, streaming
@@ -22,6 +26,8 @@ from pipeline.data.sources import DataError, Source
 from pipeline.data.tokenizer import check_tokenizer, load_tokenizer, train_wordpiece
 from pipeline.protocols import DataSection, RunContext
 from pipeline.train_config import TokenizerConfig
+
+log = logging.getLogger("pipeline")
 
 
 @dataclass
@@ -45,18 +51,74 @@ def resolve_sources(data_cfg: DataSection) -> tuple[Source, Source | None]:
     return train, None
 
 
+def mix_sources(data_cfg: DataSection) -> list[tuple[Source, float]]:
+    """data.mix resolved: (source, weight) per entry, the weights summing to 1."""
+    entries = data_cfg.mix or []
+    total = sum(float(e.get("weight", 1.0)) for e in entries)
+    out = []
+    for e in entries:
+        src = sources.resolve(e["path"], e.get("name"), e.get("split", "train"))
+        out.append((src, float(e.get("weight", 1.0)) / total))
+    return out
+
+
+def load_mix(ctx: RunContext, streaming: bool) -> tuple[Any, Source]:
+    """The data.mix sources interleaved: each next document comes from source i with
+    probability weight_i, drawn by a sampler seeded with train.seed (the same mixture in every
+    run and on resume), until the first source runs out; the realised proportions are logged."""
+    data_cfg, column = ctx.cfg.data, ctx.cfg.data.text_column
+    parts = mix_sources(data_cfg)
+    loaded = []
+    for i, (src, _) in enumerate(parts):
+        ds = sources.load(src, streaming=streaming)
+        sources.require_column(ds, column, src)
+        ds = ds.select_columns([column])
+        if streaming:
+            ds = ds.map(lambda row, i=i: {**row, "mix_source": i})
+        else:
+            sources.require_text(ds, column, src)
+            ds = ds.add_column("mix_source", [i] * len(ds))
+        loaded.append(ds)
+    weights = [w for _, w in parts]
+    mixed = datasets.interleave_datasets(
+        loaded, probabilities=weights, seed=ctx.cfg.train.seed, stopping_strategy="first_exhausted"
+    )
+    described = " + ".join(f"{w:.3g} x {src.describe()}" for src, w in parts)
+    key = "|".join(f"{src.fingerprint()}*{w!r}" for src, w in parts) + f"|seed={ctx.cfg.train.seed}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    source = Source(f"mix({described})#{digest}")
+    if not streaming and ctx.is_main:
+        counts = np.bincount(np.asarray(mixed["mix_source"]), minlength=len(parts))
+        shares = ", ".join(
+            f"{src.describe()}: {c / max(1, counts.sum()):.3f} (weight {w:.3f})"
+            for (src, w), c in zip(parts, counts)
+        )
+        log.info("data.mix: %d documents; proportions %s", int(counts.sum()), shares)
+    return mixed, source
+
+
 def load_corpus(ctx: RunContext) -> TextCorpus:
     data_cfg = ctx.cfg.data
-    train_src, eval_src = resolve_sources(data_cfg)
     column = data_cfg.text_column
-    if data_cfg.streaming:
-        train = sources.load(train_src, streaming=True)
-        sources.require_column(train, column, train_src)
-        ev = sources.load(eval_src, streaming=True) if eval_src else None
-        return TextCorpus(train, ev, train_src, eval_src)
-    with ctx.main_first():
-        train = sources.load(train_src)
-        ev = sources.load(eval_src) if eval_src else None
+    if data_cfg.mix:
+        _, eval_src = resolve_sources(data_cfg) if data_cfg.eval_path else (None, None)
+        if data_cfg.streaming:
+            train, train_src = load_mix(ctx, streaming=True)
+            ev = sources.load(eval_src, streaming=True) if eval_src else None
+            return TextCorpus(train, ev, train_src, eval_src)
+        with ctx.main_first():
+            train, train_src = load_mix(ctx, streaming=False)
+            ev = sources.load(eval_src) if eval_src else None
+    else:
+        train_src, eval_src = resolve_sources(data_cfg)
+        if data_cfg.streaming:
+            train = sources.load(train_src, streaming=True)
+            sources.require_column(train, column, train_src)
+            ev = sources.load(eval_src, streaming=True) if eval_src else None
+            return TextCorpus(train, ev, train_src, eval_src)
+        with ctx.main_first():
+            train = sources.load(train_src)
+            ev = sources.load(eval_src) if eval_src else None
     sources.require_column(train, column, train_src)
     sources.require_text(train, column, train_src)
     if ev is not None:
@@ -77,9 +139,15 @@ def load_corpus(ctx: RunContext) -> TextCorpus:
     return TextCorpus(train, ev, train_src, eval_src)
 
 
-def get_tokenizer(ctx: RunContext, corpus: TextCorpus, need_mask: bool = True) -> Any:
+def get_tokenizer(
+    ctx: RunContext,
+    corpus: TextCorpus,
+    need_mask: bool = True,
+    trainer: tuple[str, Callable[[Iterable[str], int, bool], Any]] | None = None,
+) -> Any:
     """The run's tokenizer: the one saved in the run folder (resume), a named one, or a new
-    WordPiece trained on the corpus by the main process. A trained one is read by every process
+    one trained on the corpus by the main process: WordPiece, or the model family's
+    `trainer` = (kind, train(texts, vocab_size, lowercase)), e.g. byte-level BPE. A trained one is read by every process
     from the run folder (which every node sees: checkpoints live there too), never from the
     main process's cache, which another node may not see."""
     tok_cfg = ctx.cfg.tokenizer
@@ -90,10 +158,13 @@ def get_tokenizer(ctx: RunContext, corpus: TextCorpus, need_mask: bool = True) -
         if ctx.is_main and not tok_cfg.name_or_path and not _has_tokenizer(saved):
             # WordPiece training is not bit-reproducible (ties between merges), so a trained
             # tokenizer is cached by corpus and settings: runs on the same data share one
-            cached = trained_tokenizer_dir(corpus.train_source, tok_cfg, ctx.cfg.data.text_column)
+            kind, train = trainer or ("wordpiece", train_wordpiece)
+            cached = trained_tokenizer_dir(
+                corpus.train_source, tok_cfg, ctx.cfg.data.text_column, kind
+            )
             if not _has_tokenizer(cached):
                 texts = _first_texts(corpus.train, ctx.cfg.data.text_column, tok_cfg.train_examples)
-                tok = train_wordpiece(texts, tok_cfg.vocab_size, tok_cfg.lowercase)
+                tok = train(texts, tok_cfg.vocab_size, tok_cfg.lowercase)
                 tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")
                 tok.save_pretrained(str(tmp))
                 try:
@@ -119,8 +190,12 @@ def _has_tokenizer(folder: Path) -> bool:
     return (folder / "tokenizer_config.json").is_file()
 
 
-def trained_tokenizer_dir(source: Source, tok_cfg: TokenizerConfig, column: str) -> Path:
+def trained_tokenizer_dir(
+    source: Source, tok_cfg: TokenizerConfig, column: str, kind: str = "wordpiece"
+) -> Path:
     key = f"{source.fingerprint()}|{column}|{tok_cfg.vocab_size}|{tok_cfg.lowercase}|{tok_cfg.train_examples}"
+    if kind != "wordpiece":  # WordPiece keeps its key: existing caches stay valid
+        key += f"|{kind}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     folder = packing.default_cache_dir().parent / "tokenizers" / digest
     folder.parent.mkdir(parents=True, exist_ok=True)

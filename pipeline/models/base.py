@@ -15,17 +15,82 @@ The objectives, packing and export code against this interface, never against BE
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from pipeline import registry
 from pipeline.config import ConfigError
 from pipeline.data.packing import BlockTemplate
+from pipeline.data.tokenizer import train_wordpiece
 from pipeline.train_config import ModelConfig
 
-__all__ = ["BlockTemplate", "ModelConfig", "ModelFamily", "encoder_family", "linear_parameters"]
+__all__ = [
+    "BlockTemplate",
+    "EncoderConfig",
+    "ModelConfig",
+    "ModelFamily",
+    "document_positions",
+    "encoder_family",
+    "linear_parameters",
+]
+
+
+@dataclass
+class EncoderConfig(ModelConfig):
+    """The settings every transformer family shares; a family's `Config` subclasses it and sets
+    `hf_config_class` (whose fields `overrides` may set) and `presets`."""
+
+    hf_config_class: ClassVar[Any] = None
+    presets: ClassVar[dict[str, tuple[int, int, int, int]]] = {}
+
+    preset: str = "tiny"
+    """Size preset: tiny, mini, small, medium, base or large."""
+    from_pretrained: str | None = None
+    """Start from this checkpoint/export (a local folder or Hub name) instead of from scratch."""
+    max_position_embeddings: int = 512
+    """Longest sequence the position embeddings cover (>= data.block_size)."""
+    dropout: float = 0.1
+    """Hidden and attention dropout."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel: sdpa (PyTorch scaled-dot-product, picks FlashAttention on GPU) or eager."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them:
+    less activation memory for about a third more compute (the same loss)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Any other field of the family's transformers config, e.g. {num_hidden_layers: 6}."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.preset not in self.presets:
+            problems.append(
+                f"preset {self.preset!r} unknown for model.name={self.name}; "
+                f"choices: {', '.join(self.presets)}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.hf_config_class is not None:
+            known = set(self.hf_config_class().to_dict())
+            unknown = sorted(set(self.overrides) - known)
+            if unknown:
+                problems.append(
+                    f"overrides: {', '.join(unknown)} are not {self.hf_config_class.__name__} "
+                    f"fields (model.name={self.name})"
+                )
+        return problems
+
+
+def document_positions(document_ids: torch.Tensor) -> torch.Tensor:
+    """Position of each token inside its own document (0 at every document's first token)."""
+    pos = torch.arange(document_ids.shape[1], device=document_ids.device).expand_as(document_ids)
+    new = torch.ones_like(document_ids, dtype=torch.bool)
+    new[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    start = torch.where(new, pos, torch.zeros_like(pos)).cummax(dim=1).values
+    return pos - start
 
 
 def linear_parameters(module: nn.Module) -> int:
@@ -99,6 +164,11 @@ class ModelFamily:
         return model
 
     @classmethod
+    def max_tokens(cls, config: Any) -> int:
+        """Longest input the position embeddings cover (RoBERTa: 2 fewer than its table)."""
+        return config.max_position_embeddings
+
+    @classmethod
     def encoder_kwargs(cls) -> dict[str, Any]:
         """Extra constructor arguments of the bare encoder (BERT: no pooler)."""
         return {}
@@ -143,6 +213,35 @@ class ModelFamily:
     def block_template(tokenizer: PreTrainedTokenizerBase) -> BlockTemplate:
         """BERT/RoBERTa style: the tokenizer's cls (<s>) starts, sep (</s>) separates and ends."""
         return BlockTemplate.of(tokenizer)
+
+    tokenizer_kind: ClassVar[str] = "wordpiece"
+    """What `train_tokenizer` trains (part of the trained tokenizer's cache key)."""
+
+    @classmethod
+    def train_tokenizer(
+        cls, texts: Iterable[str], vocab_size: int, lowercase: bool
+    ) -> PreTrainedTokenizerBase:
+        """The family's tokenizer trained on the corpus (BERT: WordPiece)."""
+        return train_wordpiece(texts, vocab_size, lowercase)
+
+    @classmethod
+    def tokenizer_trainer(cls) -> tuple[str, Callable[[Iterable[str], int, bool], Any]]:
+        """(kind, trainer) for `data.text.get_tokenizer`."""
+        return cls.tokenizer_kind, cls.train_tokenizer
+
+    position_offset: ClassVar[int | None] = 0
+    """Position id of a sequence's first token (RoBERTa: pad_token_id + 1, None = that)."""
+
+    @classmethod
+    def document_inputs(cls, model: nn.Module, document_ids: torch.Tensor) -> dict[str, Any]:
+        """Encoder inputs that keep packed documents apart (data.document_attention): a
+        block-diagonal attention mask (a token sees only its own document) and positions that
+        restart at each document, so a document in a block is encoded as it is alone."""
+        same = document_ids[:, None, :, None] == document_ids[:, None, None, :]
+        offset = cls.position_offset
+        if offset is None:
+            offset = model.config.pad_token_id + 1
+        return {"attention_mask": same, "position_ids": document_positions(document_ids) + offset}
 
 
 def families() -> list[str]:

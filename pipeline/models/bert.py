@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
-from pipeline.models.base import ModelConfig, ModelFamily
+from pipeline.models.base import EncoderConfig, ModelFamily
 from pipeline.registry import register
 
 # (hidden, layers, heads, intermediate): tiny/mini/small as in Turc et al. (2019), base/large as BERT
@@ -28,34 +28,10 @@ class Bert(ModelFamily):
     encoder_class = BertModel
 
     @dataclass
-    class Config(ModelConfig):
+    class Config(EncoderConfig):
+        hf_config_class: ClassVar[Any] = BertConfig
+        presets: ClassVar[dict[str, tuple[int, int, int, int]]] = PRESETS
         name: str = "bert"
-        preset: str = "tiny"
-        """Size preset: tiny, mini, small, medium, base or large."""
-        from_pretrained: str | None = None
-        """Start from this checkpoint/export (a local folder or Hub name) instead of from scratch."""
-        max_position_embeddings: int = 512
-        """Longest sequence the position embeddings cover (>= data.block_size)."""
-        dropout: float = 0.1
-        """Hidden and attention dropout."""
-        attn_implementation: str = "sdpa"
-        """Attention kernel: sdpa (PyTorch scaled-dot-product, picks FlashAttention on GPU) or eager."""
-        gradient_checkpointing: bool = False
-        """Recompute each layer's activations in the backward pass instead of keeping them:
-        less activation memory for about a third more compute (the same loss)."""
-        overrides: dict[str, Any] = field(default_factory=dict)
-        """Any other `BertConfig` field, e.g. {num_hidden_layers: 6}."""
-
-        def validate(self) -> list[str]:
-            problems = []
-            if self.preset not in PRESETS:
-                problems.append(f"preset {self.preset!r} unknown; choices: {', '.join(PRESETS)}")
-            if not 0.0 <= self.dropout < 1.0:
-                problems.append(f"dropout must be in [0, 1), got {self.dropout}")
-            unknown = sorted(set(self.overrides) - set(BertConfig().to_dict()))
-            if unknown:
-                problems.append(f"overrides: {', '.join(unknown)} are not BertConfig fields")
-            return problems
 
     @classmethod
     def hf_config(cls, cfg: Config, vocab_size: int, pad_token_id: int = 0) -> BertConfig:

@@ -183,10 +183,11 @@ class InfoNCE(Objective):
 
     def build_data(self, ctx: RunContext) -> Datasets:
         corpus = text.load_corpus(ctx)
-        tok = text.get_tokenizer(ctx, corpus, need_mask=False)
+        family = encoder_family(ctx.cfg.model.name, "infonce")
+        tok = text.get_tokenizer(ctx, corpus, need_mask=False, trainer=family.tokenizer_trainer())
         ctx.tokenizer = tok
         self._set_tokens(tok)
-        template = encoder_family(ctx.cfg.model.name, "infonce").block_template(tok)
+        template = family.block_template(tok)
         train, ev = text.packed(ctx, corpus, tok, template)
         ev = HeldOut(ev) if ev is not None else None
         return Datasets(train, ev, tokens_per_example=2 * ctx.cfg.data.block_size)
@@ -208,11 +209,11 @@ class InfoNCE(Objective):
                 ["objective.views=dropout needs model.dropout > 0 (else both views are identical)"]
             )
         encoder = family.build_encoder(mcfg, len(tok), tok.pad_token_id)
-        if encoder.config.max_position_embeddings < ctx.cfg.data.block_size:
+        if family.max_tokens(encoder.config) < ctx.cfg.data.block_size:
             raise ConfigError(
                 [
                     f"data.block_size={ctx.cfg.data.block_size} exceeds the model's "
-                    f"max_position_embeddings={encoder.config.max_position_embeddings}"
+                    f"{family.max_tokens(encoder.config)} positions (model.max_position_embeddings)"
                 ]
             )
         return InfoNCEModule(encoder, self.cfg.temperature, self.cfg.pooling, self.cfg.symmetric)
