@@ -259,7 +259,7 @@ def _training_lines(cfg: RunConfig, metrics: list[dict]) -> list[str]:
         f"- objective: `{cfg.objective.name}`",
         f"- steps: {last.get('step', 0)}; tokens: {last.get('tokens', 0):,}; "
         f"global batch: {global_batch(cfg, info)} examples",
-        f"- optimizer: AdamW, peak lr {info.get("lr", cfg.optim.lr)}, {cfg.optim.schedule} schedule, "
+        f"- optimizer: AdamW, peak lr {info.get('lr', cfg.optim.lr)}, {cfg.optim.schedule} schedule, "
         f"weight decay {cfg.optim.weight_decay}",
         f"- hardware: {hardware(info)}",
     ]
