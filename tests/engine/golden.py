@@ -71,9 +71,21 @@ def run(name: str, out: Path) -> dict:
         for r in rows
         if r["split"] == "eval"
     ]
-    weights = hashlib.sha256((out / name / WEIGHTS[name]).read_bytes()).hexdigest()
+    weights = weights_digest(out / name / WEIGHTS[name])
     # through JSON, as the golden file holds it (tuples become lists; floats round-trip exactly)
     return json.loads(json.dumps({"train_loss": train, "eval": evals, "weights_sha256": weights}))
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 of the tensors' bytes in key order: the weights, not the file's layout (the
+    energy export's keys gained a `net.` prefix, header and metadata may change)."""
+    import torch
+    from safetensors.torch import load_file
+
+    state, h = load_file(str(path)), hashlib.sha256()
+    for key in sorted(state):
+        h.update(state[key].contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def cpu_capability() -> str:
