@@ -22,6 +22,22 @@ PRESETS: dict[str, tuple[int, int, int, int]] = {
 }
 
 
+def bert_fields(cfg: EncoderConfig, vocab_size: int, pad_token_id: int) -> dict[str, Any]:
+    """The BertConfig fields of a preset (RoBERTa's config takes the same ones)."""
+    hidden, layers, heads, inter = PRESETS[cfg.preset]
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+        max_position_embeddings=cfg.max_position_embeddings,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        pad_token_id=pad_token_id,
+    )
+
+
 @register("model", "bert")
 class Bert(ModelFamily):
     masked_lm_class = BertForMaskedLM
@@ -35,20 +51,7 @@ class Bert(ModelFamily):
 
     @classmethod
     def hf_config(cls, cfg: Config, vocab_size: int, pad_token_id: int = 0) -> BertConfig:
-        hidden, layers, heads, inter = PRESETS[cfg.preset]
-        fields = dict(
-            vocab_size=vocab_size,
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=inter,
-            max_position_embeddings=cfg.max_position_embeddings,
-            hidden_dropout_prob=cfg.dropout,
-            attention_probs_dropout_prob=cfg.dropout,
-            pad_token_id=pad_token_id,
-        )
-        fields.update(cfg.overrides)
-        return BertConfig(**fields)
+        return BertConfig(**{**bert_fields(cfg, vocab_size, pad_token_id), **cfg.overrides})
 
     @classmethod
     def encoder_kwargs(cls) -> dict[str, Any]:

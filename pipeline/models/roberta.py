@@ -17,7 +17,7 @@ from transformers import (
 
 from pipeline.data.tokenizer import train_byte_bpe
 from pipeline.models.base import EncoderConfig, ModelFamily
-from pipeline.models.bert import PRESETS
+from pipeline.models.bert import PRESETS, bert_fields
 from pipeline.registry import register
 
 
@@ -36,22 +36,10 @@ class Roberta(ModelFamily):
 
     @classmethod
     def hf_config(cls, cfg: Config, vocab_size: int, pad_token_id: int = 1) -> RobertaConfig:
-        hidden, layers, heads, inter = PRESETS[cfg.preset]
-        fields = dict(
-            vocab_size=vocab_size,
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=inter,
-            # positions run from pad_token_id + 1: 512 tokens need 514 embeddings (as roberta-base)
-            max_position_embeddings=cfg.max_position_embeddings + pad_token_id + 1,
-            hidden_dropout_prob=cfg.dropout,
-            attention_probs_dropout_prob=cfg.dropout,
-            pad_token_id=pad_token_id,
-            type_vocab_size=1,
-        )
-        fields.update(cfg.overrides)
-        return RobertaConfig(**fields)
+        fields = bert_fields(cfg, vocab_size, pad_token_id)
+        # positions run from pad_token_id + 1: 512 tokens need 514 embeddings (as roberta-base)
+        fields["max_position_embeddings"] = cfg.max_position_embeddings + pad_token_id + 1
+        return RobertaConfig(**{**fields, "type_vocab_size": 1, **cfg.overrides})
 
     @classmethod
     def max_tokens(cls, config: Any) -> int:
