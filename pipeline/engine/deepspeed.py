@@ -185,8 +185,7 @@ def _check_optimizer(section: Any, cfg: RunConfig) -> list[str]:
         "weight_decay": cfg.optim.weight_decay,
     }
     for key, value in params.items():
-        # optim.lr unset: the size-following default, known once the model is built
-        if key in wanted and value != AUTO and wanted[key] is not None and value != wanted[key]:
+        if key in wanted and value != AUTO and value != wanted[key]:
             problems.append(f"optimizer.params.{key}={value!r} disagrees with optim.{key}="
                             f"{wanted[key]!r}")  # fmt: skip
     return problems
@@ -211,7 +210,7 @@ def _check_scheduler(section: Any, cfg: RunConfig) -> list[str]:
     }
     problems = []
     for key, value in section.get("params", {}).items():
-        if key in wanted and value != AUTO and wanted[key] is not None and value != wanted[key]:
+        if key in wanted and value != AUTO and value != wanted[key]:
             problems.append(f"scheduler.params.{key}={value!r} disagrees with the run config "
                             f"({wanted[key]!r})")  # fmt: skip
     return problems

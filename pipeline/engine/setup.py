@@ -178,6 +178,8 @@ def make_accelerator(
 def build_optimizer(
     module: nn.Module, optim_cfg: OptimConfig, device: torch.device
 ) -> torch.optim.AdamW:
+    if optim_cfg.lr is None:  # the Trainer fills it from Objective.default_lr first
+        raise ValueError("build_optimizer needs optim.lr: set it, or let the Trainer resolve it")
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:

@@ -97,10 +97,10 @@ def test_cuda_graphs_needs_compile_and_cuda(tmp_path):
 
 def test_fused_adamw_is_the_cpu_default():
     model = torch.nn.Linear(4, 4)
-    cfg = config_lib.load_config(RunConfig, None, [])
+    cfg = config_lib.load_config(RunConfig, None, ["optim.lr=1e-3"])
     opt = setup.build_optimizer(model, cfg.optim, torch.device("cpu"))
     assert opt.defaults["fused"] is True
-    off = config_lib.load_config(RunConfig, None, ["optim.fused='off'"])
+    off = config_lib.load_config(RunConfig, None, ["optim.lr=1e-3", "optim.fused='off'"])
     assert not setup.build_optimizer(model, off.optim, torch.device("cpu")).defaults["fused"]
 
 
