@@ -26,4 +26,7 @@ mean_loss /= world
 if rank == 0:
     grads = {k: p.grad for k, p in module.module.named_parameters() if p.grad is not None}
     torch.save({"loss": mean_loss, "negatives": metrics["negatives"], "grads": grads}, sys.argv[1])
+# both leave together: a rank tearing gloo down while the other still saves aborted once under
+# load ("terminate called without an active exception")
+dist.barrier()
 dist.destroy_process_group()
