@@ -64,6 +64,12 @@ class EncoderConfig(ModelConfig):
     overrides: dict[str, Any] = field(default_factory=dict)
     """Any other field of the family's transformers config, e.g. {num_hidden_layers: 6}."""
 
+    def shape_fields(self) -> dict[str, int]:
+        """The transformers config fields of the size preset (every family names them alike)."""
+        hidden, layers, heads, inter = self.presets[self.preset]
+        return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                    intermediate_size=inter)  # fmt: skip
+
     def validate(self) -> list[str]:
         problems = []
         if self.preset not in self.presets:

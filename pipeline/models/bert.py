@@ -24,13 +24,9 @@ PRESETS: dict[str, tuple[int, int, int, int]] = {
 
 def bert_fields(cfg: EncoderConfig, vocab_size: int, pad_token_id: int) -> dict[str, Any]:
     """The BertConfig fields of a preset (RoBERTa's config takes the same ones)."""
-    hidden, layers, heads, inter = PRESETS[cfg.preset]
     return dict(
         vocab_size=vocab_size,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=inter,
+        **cfg.shape_fields(),
         max_position_embeddings=cfg.max_position_embeddings,
         hidden_dropout_prob=cfg.dropout,
         attention_probs_dropout_prob=cfg.dropout,

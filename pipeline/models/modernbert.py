@@ -51,13 +51,9 @@ class ModernBert(ModelFamily):
 
     @classmethod
     def hf_config(cls, cfg: Config, vocab_size: int, pad_token_id: int = 0) -> ModernBertConfig:
-        hidden, layers, heads, inter = PRESETS[cfg.preset]
         fields = dict(
             vocab_size=vocab_size,
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=inter,
+            **cfg.shape_fields(),
             max_position_embeddings=cfg.max_position_embeddings,
             attention_dropout=cfg.dropout,
             embedding_dropout=cfg.dropout,
