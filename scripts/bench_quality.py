@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.bench import quality, report  # noqa: E402
-from pipeline.bench.cases import QUIET, prepare  # noqa: E402
+from pipeline.bench.cases import QUIET, prepare, worker_env  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,7 +70,7 @@ def run_ours(args, base: list[str], budget: float, out: Path) -> list[tuple[floa
            f"train.keep_checkpoints={args.snapshots + 2}", "train.eval_every=0",
            "train.resume=never", "log.progress_bar=false", "log.plots=false", "log.trackers=[]",
            "--output-dir", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=quality.bench_env(), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=worker_env(None), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     from pipeline.export import export_run
@@ -91,7 +91,7 @@ def run_trainer(args, base: list[str], budget: float, data: Path, out: Path):
             "snapshots": args.snapshots, "trainer_lr": args.trainer_lr,
             "trainer_warmup": args.trainer_warmup, "trainer_data": str(data)}  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "pipeline.bench.quality", json.dumps(spec)],
-                          cwd=ROOT, env=quality.bench_env(), capture_output=True, text=True)  # fmt: skip
+                          cwd=ROOT, env=worker_env(None), capture_output=True, text=True)  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     return [(float(p.name.split("-")[1]), p) for p in sorted((out / "snapshots").iterdir())]

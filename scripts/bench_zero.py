@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.bench import report  # noqa: E402
+from pipeline.bench.cases import worker_env  # noqa: E402
 
 CONFIGS = {
     "DDP": ("ddp-cpu.yaml", ["engine.strategy=ddp"]),
@@ -75,8 +75,7 @@ def launch(name: str, accelerate_yaml: str, overrides: list[str], args, out: Pat
         "train.export=false", "log.plots=false", "log.progress_bar=false", "log.trackers=[]",
         *overrides, "--output-dir", str(run_dir),
     ]  # fmt: skip
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false")  # fmt: skip
+    env = worker_env(None)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("DS_ACCELERATOR", "cuda" if _has_cuda() else "cpu")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)

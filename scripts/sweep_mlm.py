@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.bench import quality, report  # noqa: E402
-from pipeline.bench.cases import QUIET, prepare  # noqa: E402
+from pipeline.bench.cases import QUIET, prepare, worker_env  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace, overrides: list[str], out: Path) -> Path:
            f"train.max_steps={args.steps}", "train.eval_every=0", "train.resume=never",
            f"train.checkpoint_every={args.steps}", "log.progress_bar=false", "log.plots=false",
            "log.trackers=[]", "--output-dir", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=quality.bench_env(), capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, env=worker_env(None), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     from pipeline.export import export_run

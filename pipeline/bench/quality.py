@@ -28,15 +28,6 @@ import torch
 RESULT_TAG = "QUALITY_RESULT "
 
 
-def bench_env() -> dict[str, str]:
-    """The environment of a benchmark's child runs: offline, no tokenizer threads."""
-    import os
-
-    return dict(
-        os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
-    )
-
-
 def heldout_documents(limit: int, source: str = "embedded:bible") -> list[str]:
     """Held-out documents: the embedded corpus's validation chapters (or a local text file)."""
     if source.startswith("embedded:"):
