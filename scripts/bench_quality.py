@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.bench import quality, report  # noqa: E402
-from pipeline.bench.cases import QUIET, prepare, worker_env  # noqa: E402
+from pipeline.bench.cases import QUIET, prepare, run_config, worker_env  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,7 +87,7 @@ def run_ours(args, base: list[str], budget: float, out: Path) -> list[tuple[floa
 
 
 def run_trainer(args, base: list[str], budget: float, data: Path, out: Path):
-    spec = {"overrides": base, "output_dir": str(out), "budget_s": budget,
+    spec = {"overrides": base, "recipe": args.recipe, "output_dir": str(out), "budget_s": budget,
             "snapshots": args.snapshots, "trainer_lr": args.trainer_lr,
             "trainer_warmup": args.trainer_warmup, "trainer_data": str(data)}  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "pipeline.bench.quality", json.dumps(spec)],
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     work = args.out or Path(tempfile.mkdtemp(prefix="bench-quality-"))
     base = shared(args)
-    token_overrides = prepare([*base, *QUIET], work / "prep")  # tokenizer + blocks, untimed
+    token_overrides = prepare([*base, *QUIET], work / "prep", args.recipe)  # tokenizer + blocks, untimed
     base = [*base, *token_overrides]
     data = work / "prep" / "trainer_data"
     docs = quality.heldout_documents(args.eval_docs)
@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append([f"{budget:g} s", f"{med['ours']['loss']:.3f}", f"{med['ours']['accuracy']:.3f}",
                      f"{med['trainer']['loss']:.3f}", f"{med['trainer']['accuracy']:.3f}",
                      f"{med['trainer']['loss'] - med['ours']['loss']:+.3f}"])  # fmt: skip
-    print(f"\n## Time to quality: BERT-{args.preset}, seq {args.block}, batch {args.batch}\n")
+    family = run_config(base, None, args.recipe).model.name
+    print(f"\n## Time to quality: {family}-{args.preset} ({args.recipe}), seq {args.block}, "
+          f"batch {args.batch}\n")  # fmt: skip
     print(f"device: {report.device_name()}; held-out: {len(docs)} validation chapters, one per "
           f"sequence, 15% masked; most-frequent-token accuracy {baseline:.3f}; "
           f"{args.repeats} run(s) per side, medians\n")  # fmt: skip

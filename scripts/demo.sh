@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fresh machine -> a tiny BERT pretrained on the embedded corpus for 4 minutes of CPU (the lr
+# Fresh machine -> a tiny ModernBERT pretrained on the embedded corpus for 4 minutes of CPU (the lr
 # schedule follows that budget), exported, and scored as a user of the export sees it.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -58,12 +58,15 @@ class Case:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def run_config(overrides: list[str], output_dir: str | Path | None = None) -> Any:
+def run_config(
+    overrides: list[str], output_dir: str | Path | None = None, recipe: str | Path | None = None
+) -> Any:
+    """The run config of a benchmark side: `recipe` (None = the defaults) + overrides."""
     from pipeline import config as config_lib
     from pipeline.train_config import RunConfig
 
     extra = [f"output_dir={output_dir}"] if output_dir else []
-    return config_lib.load_config(RunConfig, None, [*overrides, *extra])
+    return config_lib.load_config(RunConfig, recipe, [*overrides, *extra])
 
 
 class _OneProcess:
@@ -79,8 +82,9 @@ class _OneProcess:
         return contextlib.nullcontext()
 
 
-def prepare(overrides: list[str], out: Path) -> list[str]:
-    """Tokenizer and packed blocks, once, before any timed process starts.
+def prepare(overrides: list[str], out: Path, recipe: str | Path | None = None) -> list[str]:
+    """Tokenizer and packed blocks, once, before any timed process starts (of `recipe`'s
+    config with the overrides, so the tokenizer is the family's).
 
     Writes OUT/tokenizer and OUT/trainer_data (the blocks with run_mlm's columns); returns the
     overrides that make our engine load that tokenizer (and so hit the packed-data cache)."""
@@ -92,7 +96,7 @@ def prepare(overrides: list[str], out: Path) -> list[str]:
     from pipeline.engine.context import EngineContext
 
     out.mkdir(parents=True, exist_ok=True)
-    cfg = run_config(overrides, out)
+    cfg = run_config(overrides, out, recipe)
     ctx = EngineContext(cfg=cfg, run_dir=out, accelerator=_OneProcess())  # type: ignore[arg-type]
     corpus = text.load_corpus(ctx)
     tok = text.get_tokenizer(ctx, corpus)  # saved into OUT/tokenizer

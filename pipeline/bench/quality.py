@@ -109,7 +109,8 @@ def run_trainer(spec: dict[str, Any]) -> dict[str, Any]:
     from pipeline.engine import setup
 
     out = Path(spec["output_dir"])
-    cfg = run_config(spec["overrides"], out)
+    # the model, tokenizer and blocks of our side's recipe: the two differ in the trainer only
+    cfg = run_config(spec["overrides"], out, spec.get("recipe"))
     tok = load_tokenizer(cfg.tokenizer.name_or_path)
     torch.manual_seed(cfg.train.seed)
     model = registry.get("model", cfg.model.name).build_masked_lm(

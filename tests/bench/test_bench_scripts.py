@@ -153,7 +153,7 @@ def test_bench_quality_race(tmp_path):
     train.checkpoint_every_s snapshots, the Trainer through its budget callback; every snapshot
     is scored by the one stock-transformers evaluation, which gives the same numbers twice."""
     out = _run("bench_quality.py", [
-        "--preset", "tiny", "--block", "32", "--batch", "8", "--budgets", "6", "--snapshots", "2",
+        "--recipe", "configs/mlm/modernbert-tiny.yaml", "--preset", "tiny", "--block", "32", "--batch", "8", "--budgets", "6", "--snapshots", "2",
         "--eval-docs", "24", "--out", str(tmp_path / "w"), "--plot", str(tmp_path / "q.png"),
         "--json", str(tmp_path / "q.json"),
     ])  # fmt: skip
@@ -164,6 +164,12 @@ def test_bench_quality_race(tmp_path):
         (curve,) = result["curves"][f"6/{side}"]
         assert len(curve) >= 2 and all(math.isfinite(m["loss"]) for _, m in curve)
         assert curve[-1][0] >= 6 * 0.9  # the last snapshot is at the end of the budget
+    # the same model on both sides: the recipe's family, shape and dropout, not the defaults'
+    ours, theirs = (json.loads((sorted((tmp_path / "w" / f"{side}-6-0" / "snapshots").iterdir())[-1]
+                                / "config.json").read_text()) for side in ("ours", "trainer"))  # fmt: skip
+    assert ours["model_type"] == "modernbert"
+    differ = {k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k)}
+    assert differ <= {"transformers_version", "architectures", "dtype", "use_cache"}, differ
     from pipeline.bench import quality
 
     docs = quality.heldout_documents(24)
