@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     work = args.out or Path(tempfile.mkdtemp(prefix="bench-quality-"))
     base = shared(args)
-    token_overrides = prepare([*base, *QUIET], work / "prep", args.recipe)  # tokenizer + blocks, untimed
+    # tokenizer + blocks, once and untimed
+    token_overrides = prepare([*base, *QUIET], work / "prep", args.recipe)
     base = [*base, *token_overrides]
     data = work / "prep" / "trainer_data"
     docs = quality.heldout_documents(args.eval_docs)

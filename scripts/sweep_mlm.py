@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         base = ["data.path=[embedded:bible]", f"data.block_size={args.block}",
                 f"model.preset={preset}", f"model.max_position_embeddings={max(args.block, 128)}",
                 *args.set]  # fmt: skip
-        base += prepare([*base, *QUIET], work / f"prep-{preset}", args.recipe)  # the same blocks for all
+        # the same tokenizer and blocks for all
+        base += prepare([*base, *QUIET], work / f"prep-{preset}", args.recipe)
         for value in values.split(","):
             setting = [] if value == "auto" else [f"{key}={value}"]
             out = work / f"{preset}-{key}-{value}"
