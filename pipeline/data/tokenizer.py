@@ -85,6 +85,11 @@ def train_byte_bpe(
         show_progress=False,
     )
     tok.train_from_iterator(_batches(texts), trainer=trainer)
+    # the trainer added the mask token without lstrip; the flag must be on the backend's token
+    # itself (a mask_token= argument below is not saved), or "be <mask>" leaves a lone "Ġ"
+    # before the mask and fill-mask answers word pieces instead of words
+    mask = AddedToken(names["mask"], lstrip=True, rstrip=False, special=True, normalized=False)
+    tok.add_special_tokens([mask])
     cls_tok, sep_tok = names["cls"], names["sep"]
     tok.post_processor = processors.TemplateProcessing(
         single=f"{cls_tok} $A {sep_tok}",
@@ -100,7 +105,7 @@ def train_byte_bpe(
         pad_token=names["pad"],
         cls_token=cls_tok,
         sep_token=sep_tok,
-        mask_token=AddedToken(names["mask"], lstrip=True, rstrip=False, special=True),
+        mask_token=mask,
         model_input_names=["input_ids", "attention_mask"],
         **extra,
     )

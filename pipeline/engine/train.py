@@ -257,6 +257,11 @@ class Trainer:
 
     def _finish(self, reason: str | None) -> dict[str, float]:
         self.save_checkpoint()
+        if self.cfg.engine.compile:  # what torch.compile really did (a silent fallback shows)
+            from torch._dynamo.utils import counters
+
+            record_run_facts(self.run_dir, self.accelerator,
+                             compiled_graphs=int(counters["stats"]["unique_graphs"]))  # fmt: skip
         if reason == "nonfinite":
             raise NonFiniteStop(self.guards.stop_message(self.state.step, self.run_dir))
         if reason == "signal":

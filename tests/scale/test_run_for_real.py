@@ -30,6 +30,10 @@ def test_compile_matches_eager(tmp_path):
     )
     eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
     assert len(compiled) == 6
+    # the step ran as compiled graphs (a silent fallback to eager would also match the losses)
+    graphs = json.loads((tmp_path / "compiled" / "run_info.json").read_text())["compiled_graphs"]
+    assert graphs >= 1, graphs
+    assert "compiled_graphs" not in json.loads((tmp_path / "eager" / "run_info.json").read_text())
     # inductor's fused kernels round differently; the masks (and so the task) are the same
     assert compiled == pytest.approx(eager, rel=2e-3)
 

@@ -230,3 +230,24 @@ def test_span_masking_is_reproducible():
     a = mask_tokens(ids, spec, SPECIAL, MASK, VOCAB, torch.Generator().manual_seed(3))
     b = mask_tokens(ids, spec, SPECIAL, MASK, VOCAB, torch.Generator().manual_seed(3))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("style", ["roberta", "bert"])
+def test_byte_bpe_mask_token_takes_the_space_before_it_after_a_reload(style, tmp_path):
+    """As in training, where "Ġthe" is replaced by the mask: "made <mask> firmament" must
+    encode as "made the firmament" with that one token swapped, in the saved tokenizer a user's fill-mask loads
+    (without the flag on the backend's token a lone "Ġ" precedes the mask, and the model
+    answers word pieces: "rough", "ise")."""
+    from transformers import AutoTokenizer
+
+    from pipeline.data.tokenizer import train_byte_bpe
+
+    train_byte_bpe(_bible(60), 400, style=style).save_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    word = tok("and god made the firmament", add_special_tokens=False)["input_ids"]
+    masked = tok(f"and god made {tok.mask_token} firmament", add_special_tokens=False)["input_ids"]
+    the = tok.convert_tokens_to_ids("Ġthe")
+    assert word.count(the) == 1
+    assert masked == [tok.mask_token_id if t == the else t for t in word], (
+        tok.convert_ids_to_tokens(masked)
+    )
