@@ -195,7 +195,8 @@ def trained_tokenizer_dir(
 ) -> Path:
     key = f"{source.fingerprint()}|{column}|{tok_cfg.vocab_size}|{tok_cfg.lowercase}|{tok_cfg.train_examples}"
     if kind != "wordpiece":  # WordPiece keeps its key: existing caches stay valid
-        key += f"|{kind}"
+        # |2: the byte-level BPEs cached before the mask token kept its lstrip are not reused
+        key += f"|{kind}|2"
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     folder = packing.default_cache_dir().parent / "tokenizers" / digest
     folder.parent.mkdir(parents=True, exist_ok=True)

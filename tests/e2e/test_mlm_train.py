@@ -1,5 +1,5 @@
-"""The demo's recipe (configs/mlm/demo.yaml) at reduced length: 300 steps instead of its
-4-minute budget, on the embedded corpus, then its export in stock transformers."""
+"""The demo's recipe (configs/mlm/demo.yaml, ModernBERT-tiny) at reduced length: 300 steps
+instead of its 4-minute budget, on the embedded corpus, then its export in stock transformers."""
 
 import collections
 import json
@@ -48,7 +48,8 @@ def test_heldout_loss_falls_and_accuracy_beats_baseline(run_dir):
     assert evals[-1]["loss"] < first_loss - 2.0, (first_loss, evals)
     assert evals[-1]["loss"] < evals[0]["loss"]
     baseline = most_frequent_token_rate(run_dir)
-    assert evals[-1]["mlm_accuracy"] > baseline + 0.03, (evals[-1], baseline)
+    # measured: 0.227 vs 0.076; the BERT-tiny demo of before reached +0.05 at 300 steps
+    assert evals[-1]["mlm_accuracy"] > baseline + 0.10, (evals[-1], baseline)
     assert evals[-1]["perplexity"] == pytest.approx(
         torch.tensor(evals[-1]["loss"]).exp().item(), rel=1e-4
     )
@@ -72,7 +73,8 @@ def test_the_export_beats_the_baseline_as_a_user_scores_it(run_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     score = json.loads(out.read_text())
     assert "most-frequent-token baseline" in proc.stdout and "->" in proc.stdout
-    assert score["accuracy"] > score["baseline"] + 0.02, score
+    # measured: 0.231 vs 0.076 (BENCHMARKS.md, "The demo"); BERT-tiny here: 0.131 vs 0.077
+    assert score["accuracy"] > score["baseline"] + 0.10, score
     assert score["loss"] < 6.5, score  # uniform over the 4,096 words: 8.3 nats
     assert len(score["fill_mask"]) == 3
 
@@ -110,7 +112,8 @@ def test_export_works_in_stock_transformers(run_dir):
     state = load_file(str(run_dir / "checkpoints" / f"step-{STEPS:08d}" / "model.safetensors"))
     missing, _ = ref.load_state_dict({k.removeprefix("model."): v for k, v in state.items()},
                                      strict=False)  # fmt: skip
-    assert set(missing) <= {"decoder.weight", "cls.predictions.decoder.weight"}, missing  # tied
+    tied = {"decoder.weight", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    assert set(missing) <= tied, missing  # the decoder is tied to the embeddings (and bias)
     ref.tie_weights()
     batch = tok(["in the beginning god created the heaven and the earth ."], return_tensors="pt")
     with torch.no_grad():
