@@ -242,6 +242,12 @@ class TrainConfig(LoopConfig):
     global_batch_size: int | None = None
     """Examples per optimizer step over all processes; sets gradient accumulation
     (global = micro * accumulation * processes). Default: micro * processes."""
+    batch_warmup_steps: int = 0
+    """Batch-size warmup: over the first this many steps the batch grows linearly from one
+    micro batch per process to the global batch (needs train.global_batch_size above
+    micro x processes; not with DeepSpeed, whose accumulation is fixed). The data position
+    stays one global batch per step, so a warmup step passes over the micro batches it does
+    not train on and a resume is exact; 0 = off."""
     export: bool = True
     """Write the Hugging Face export into RUN_DIR/export at the end."""
     push_to_hub: str | None = None
@@ -266,8 +272,9 @@ class TrainConfig(LoopConfig):
 
     def validate(self) -> list[str]:
         problems = super().validate() + check_minimums(
-            self, {"micro_batch_size": 1, "global_batch_size": 1, "max_bad_steps": 1}
-        )
+            self, {"micro_batch_size": 1, "global_batch_size": 1, "max_bad_steps": 1,
+                   "batch_warmup_steps": 0}
+        )  # fmt: skip
         if self.checkpoint_every_s is not None and self.checkpoint_every_s <= 0:
             problems.append(f"checkpoint_every_s must be > 0, got {self.checkpoint_every_s}")
         if self.push_checkpoints != "never" and not self.push_to_hub:

@@ -47,6 +47,9 @@ class Strategy:
     """The sbatch template in slurm/ this strategy needs (None: chosen by nodes and GPUs)."""
     shards_parameters: ClassVar[bool] = False
     """True when no process holds the full fp32 weights as plain parameters (ZeRO)."""
+    fewer_micro_batches: ClassVar[bool] = False
+    """True when a step may train on fewer micro batches than the accumulation it was set up
+    with (train.batch_warmup_steps); DeepSpeed's engine counts a fixed number."""
 
     def __init__(self, cfg: RunConfig, accumulation: int):
         self.cfg, self.accumulation = cfg, accumulation
@@ -129,6 +132,7 @@ class DDPStrategy(Strategy):
     batch of a step."""
 
     name = "ddp"
+    fewer_micro_batches = True  # backward scales each step's loss itself
 
     def accelerator_kwargs(self, on_cpu: bool) -> dict[str, Any]:
         if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":

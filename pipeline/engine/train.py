@@ -71,6 +71,15 @@ class Trainer:
         setup.honour_launcher(cfg)
         self.accum = accumulation_steps(cfg.train, launched_world_size())
         self.strategy = make_strategy(cfg, self.accum)
+        if cfg.train.batch_warmup_steps and self.accum == 1:
+            raise SetupError(
+                "train.batch_warmup_steps grows the batch in micro batches: it needs "
+                "train.global_batch_size above micro_batch_size x processes "
+                f"({cfg.train.micro_batch_size} x {launched_world_size()})"
+            )
+        if cfg.train.batch_warmup_steps and not self.strategy.fewer_micro_batches:
+            raise SetupError(f"train.batch_warmup_steps is not available with "
+                             f"engine.strategy={self.strategy.name} (its accumulation is fixed)")  # fmt: skip
         setup.prepare_run_dir(self.run_dir)
         resume_from = self._resume_point(resolved)
         self.accelerator = setup.make_accelerator(cfg, self.run_dir, self.accum, self.strategy)
@@ -190,8 +199,12 @@ class Trainer:
         skip it. Every decision is taken on numbers that are the same on every process, before
         the strategy applies anything (guards.py)."""
         losses, metrics = [], []
+        used = self._micro_batches_used()
         for j in range(self.accum):
-            last = j == self.accum - 1
+            if j >= used:  # batch-size warmup: passed over, the data position moves on
+                next(self.batch_iter)
+                continue
+            last = j == used - 1
             with phase("data"):  # phases: names for torch.profiler (scripts/profile_step.py)
                 batch = _to(next(self.batch_iter), self.accelerator.device)
             with self.strategy.accumulating(self.module, last), self.accelerator.autocast():
@@ -208,6 +221,8 @@ class Trainer:
                     )  # fmt: skip
                     self.clock_s = verdict.elapsed_s
                     if verdict.skip:
+                        for _ in range(self.accum - used):  # the rest of the global batch
+                            next(self.batch_iter)
                         self.strategy.skip(pending_loss=loss)
                         why = (
                             "non-finite loss"
@@ -216,7 +231,9 @@ class Trainer:
                         )
                         return self._skipped(why, verdict.nonfinite)
                 with phase("backward"):
-                    self.strategy.backward(loss, last)
+                    # the strategy divides by all the micro batches; a warmup step has fewer
+                    scale = self.accum / used if used < self.accum else 1.0
+                    self.strategy.backward(loss * scale if scale != 1.0 else loss, last)
         with phase("clip"):
             norm = self.strategy.clip_grad_norm(self.module, self.cfg.optim.max_grad_norm)
         if norm is not None and not math.isfinite(norm):  # the global norm: same everywhere
@@ -228,6 +245,14 @@ class Trainer:
             return self._skipped("non-finite gradient (DeepSpeed overflow)", nonfinite=True)
         norm = norm if norm is not None else self.strategy.grad_norm()
         return StepResult(True, verdict=verdict, grad_norm=norm, metrics=metrics)
+
+    def _micro_batches_used(self) -> int:
+        """Micro batches the next step trains on: all of them, or during train.batch_warmup_steps
+        a count rising linearly from 1 (a function of the step, so a resume is exact)."""
+        warm = self.cfg.train.batch_warmup_steps
+        if not warm or self.state.step >= warm:
+            return self.accum
+        return max(1, math.ceil(self.accum * (self.state.step + 1) / warm))
 
     def _skipped(self, why: str, nonfinite: bool) -> StepResult:
         stop = self.guards.bad(self.state.step + 1, why, nonfinite)

@@ -121,3 +121,68 @@ def test_an_unset_lr_is_the_objectives_default_and_is_recorded(tmp_path):
     assert json.loads((tmp_path / "auto" / "run_info.json").read_text())["lr"] == OTHER_LR
     trainer, _ = _fit(tmp_path / "set", "train.max_steps=1", "optim.lr=0.07")
     assert trainer.optimizer.param_groups[0]["initial_lr"] == 0.07
+
+
+class CountMicroBatches(Hook):
+    """Micro batches trained on per step (on_loss runs once for each)."""
+
+    def __init__(self):
+        self.per_step: dict[int, int] = {}
+
+    def on_loss(self, loss: torch.Tensor, step: int) -> torch.Tensor:
+        self.per_step[step] = self.per_step.get(step, 0) + 1
+        return loss
+
+
+WARMUP = ["train.global_batch_size=32", "train.batch_warmup_steps=8"]  # 4 micro batches of 8
+
+
+def _fit_counting(out, *overrides: str) -> tuple[Trainer, CountMicroBatches]:
+    with Trainer(toy_config(out, *overrides)) as trainer:
+        hook = CountMicroBatches()
+        trainer.hooks.hooks.append(hook)
+        trainer.fit()
+    return trainer, hook
+
+
+def test_batch_warmup_grows_the_batch_and_resumes_bitwise(tmp_path):
+    straight, hook = _fit_counting(tmp_path / "a", *WARMUP, "train.max_steps=12")
+    assert list(hook.per_step.values()) == [1, 1, 2, 2, 3, 3, 4, 4, 4, 4, 4, 4]
+    # the data position is one global batch per step, warmup or not: after the warmup the
+    # steps train on the very rows of a run without it
+    _fit_counting(tmp_path / "full", "train.global_batch_size=32", "train.max_steps=12")
+    rows = [r["first_row"] for r in metrics(tmp_path / "a")]
+    full = [r["first_row"] for r in metrics(tmp_path / "full")]
+    assert rows[8:] == full[8:] and rows[:8] != full[:8]
+    assert straight.state.batches == 12
+    _fit_counting(tmp_path / "b", *WARMUP, "train.max_steps=5")
+    resumed, again = _fit_counting(tmp_path / "b", *WARMUP, "train.max_steps=12")
+    assert list(again.per_step.values()) == [3, 4, 4, 4, 4, 4, 4]  # steps 6..12
+    a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    for (k, v), (_, w) in zip(
+        straight.module.state_dict().items(), resumed.module.state_dict().items()
+    ):
+        assert torch.equal(v, w), k
+
+
+def test_a_one_micro_batch_warmup_step_is_a_plain_step_on_that_micro_batch(tmp_path):
+    """The gradient of a warmup step is the mean over the micro batches it trains on: its
+    first step (one micro batch) equals a run whose global batch is that micro batch."""
+    warm, _ = _fit_counting(tmp_path / "warm", *WARMUP, "train.max_steps=1")
+    plain, _ = _fit_counting(tmp_path / "plain", "train.max_steps=1")
+    assert metrics(tmp_path / "warm")[0]["first_row"] == metrics(tmp_path / "plain")[0]["first_row"]
+    for (k, v), (_, w) in zip(warm.module.state_dict().items(), plain.module.state_dict().items()):
+        assert torch.equal(v, w), k
+    full, _ = _fit_counting(tmp_path / "full", "train.global_batch_size=32", "train.max_steps=1")
+    assert not torch.equal(full.module.state_dict()["linear.weight"],
+                           warm.module.state_dict()["linear.weight"])  # fmt: skip
+
+
+def test_batch_warmup_without_accumulation_is_refused(tmp_path):
+    import pytest
+
+    from pipeline.engine.launch import SetupError
+
+    with pytest.raises(SetupError, match="batch_warmup_steps grows the batch in micro batches"):
+        Trainer(toy_config(tmp_path, "train.batch_warmup_steps=4"))
