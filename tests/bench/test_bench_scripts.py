@@ -41,7 +41,7 @@ def test_bench_mlm_table(tmp_path):
     ours, peer = row["ours"], row["trainer"]
     for r in (ours, peer):
         assert "error" not in r, r
-        assert r["tokens_per_s"] > 0 and r["runs"] == 1
+        assert r["tokens_per_s"] > 100 and r["runs"] == 1  # not a zero or a unit slip
         assert 200 < r["peak_mem_mb"] < 16_000  # a process's peak resident set, in MB
         # the same untrained model on the same data: loss near log(vocabulary)
         assert abs(r["loss"] - math.log(1000)) < 1.0, r["loss"]
@@ -50,7 +50,7 @@ def test_bench_mlm_table(tmp_path):
     assert prep["ours"]["corpus_tokens"] == prep["run_mlm"]["corpus_tokens"] > 1000
     # the same tokens cut into 32-token blocks: the counts differ only by the special tokens
     assert 0.8 < prep["ours"]["blocks"] / prep["run_mlm"]["blocks"] < 1.2
-    assert prep["ours"]["tokens_per_s"] > 0 and prep["run_mlm"]["tokens_per_s"] > 0
+    assert prep["ours"]["tokens_per_s"] > 100 and prep["run_mlm"]["tokens_per_s"] > 100
 
 
 def test_bench_gpu_table_on_cpu(tmp_path):
@@ -72,7 +72,7 @@ def test_bench_gpu_table_on_cpu(tmp_path):
     assert result["flops_per_token"] > 0
     for r in rows.values():
         assert "error" not in r, r
-        assert r["tokens_per_s"] > 0 and r["peak_mem_mb"] > 200
+        assert r["tokens_per_s"] > 100 and r["peak_mem_mb"] > 200
     assert "n/a" in out  # no peak FLOPs known for a CPU: MFU is not made up
     # the fused and the per-parameter AdamW are the same optimizer: the same losses
     ours, unfused = rows["ours, all features"], rows["- fused AdamW"]
