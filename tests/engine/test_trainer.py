@@ -59,6 +59,14 @@ def _equal(a, b) -> bool:
     return a == b
 
 
+def _assert_same_parameters(a: Trainer, b: Trainer) -> None:
+    """Tensor by tensor, bit for bit."""
+    sa, sb = a.module.state_dict(), b.module.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
 def _fit(out, *overrides: str, hook_at: int | None = None) -> tuple[Trainer, NaNOnce | None]:
     with Trainer(toy_config(out, *overrides)) as trainer:
         hook = None
@@ -82,10 +90,7 @@ def test_resume_continues_bitwise(tmp_path):
     resumed, _ = _fit(tmp_path / "b", "train.max_steps=12")
     a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
-    for (k, v), (_, w) in zip(
-        straight.module.state_dict().items(), resumed.module.state_dict().items()
-    ):
-        assert torch.equal(v, w), k
+    _assert_same_parameters(straight, resumed)
 
 
 def test_a_skipped_step_changes_nothing_and_consumes_its_batch(tmp_path):
@@ -160,10 +165,7 @@ def test_batch_warmup_grows_the_batch_and_resumes_bitwise(tmp_path):
     assert list(again.per_step.values()) == [3, 4, 4, 4, 4, 4, 4]  # steps 6..12
     a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
-    for (k, v), (_, w) in zip(
-        straight.module.state_dict().items(), resumed.module.state_dict().items()
-    ):
-        assert torch.equal(v, w), k
+    _assert_same_parameters(straight, resumed)
 
 
 def test_a_one_micro_batch_warmup_step_is_a_plain_step_on_that_micro_batch(tmp_path):
@@ -172,8 +174,7 @@ def test_a_one_micro_batch_warmup_step_is_a_plain_step_on_that_micro_batch(tmp_p
     warm, _ = _fit_counting(tmp_path / "warm", *WARMUP, "train.max_steps=1")
     plain, _ = _fit_counting(tmp_path / "plain", "train.max_steps=1")
     assert metrics(tmp_path / "warm")[0]["first_row"] == metrics(tmp_path / "plain")[0]["first_row"]
-    for (k, v), (_, w) in zip(warm.module.state_dict().items(), plain.module.state_dict().items()):
-        assert torch.equal(v, w), k
+    _assert_same_parameters(warm, plain)
     full, _ = _fit_counting(tmp_path / "full", "train.global_batch_size=32", "train.max_steps=1")
     assert not torch.equal(full.module.state_dict()["linear.weight"],
                            warm.module.state_dict()["linear.weight"])  # fmt: skip
