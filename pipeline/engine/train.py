@@ -200,13 +200,12 @@ class Trainer:
         the strategy applies anything (guards.py)."""
         losses, metrics = [], []
         used = self._micro_batches_used()
-        for j in range(self.accum):
-            if j >= used:  # batch-size warmup: passed over, the data position moves on
-                next(self.batch_iter)
-                continue
+        for j in range(used):
             last = j == used - 1
             with phase("data"):  # phases: names for torch.profiler (scripts/profile_step.py)
                 batch = _to(next(self.batch_iter), self.accelerator.device)
+                for _ in range(self.accum - used if last else 0):  # batch-size warmup: the
+                    next(self.batch_iter)  # rest of the global batch is passed over
             with self.strategy.accumulating(self.module, last), self.accelerator.autocast():
                 with phase("forward"):
                     loss, m = self.module(**batch)
@@ -221,8 +220,6 @@ class Trainer:
                     )  # fmt: skip
                     self.clock_s = verdict.elapsed_s
                     if verdict.skip:
-                        for _ in range(self.accum - used):  # the rest of the global batch
-                            next(self.batch_iter)
                         self.strategy.skip(pending_loss=loss)
                         why = (
                             "non-finite loss"
@@ -231,9 +228,9 @@ class Trainer:
                         )
                         return self._skipped(why, verdict.nonfinite)
                 with phase("backward"):
-                    # the strategy divides by all the micro batches; a warmup step has fewer
-                    scale = self.accum / used if used < self.accum else 1.0
-                    self.strategy.backward(loss * scale if scale != 1.0 else loss, last)
+                    if used < self.accum:  # the strategy divides by all the micro batches
+                        loss = loss * (self.accum / used)
+                    self.strategy.backward(loss, last)
         with phase("clip"):
             norm = self.strategy.clip_grad_norm(self.module, self.cfg.optim.max_grad_norm)
         if norm is not None and not math.isfinite(norm):  # the global norm: same everywhere
