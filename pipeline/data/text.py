@@ -28,6 +28,7 @@ from pipeline.protocols import DataSection, RunContext
 from pipeline.train_config import TokenizerConfig
 
 log = logging.getLogger("pipeline")
+MIX_SAMPLE = 2000  # documents of a streamed mix whose sources are counted for the log
 
 
 @dataclass
@@ -87,13 +88,25 @@ def load_mix(ctx: RunContext, streaming: bool) -> tuple[Any, Source]:
     key = "|".join(f"{src.fingerprint()}*{w!r}" for src, w in parts) + f"|seed={ctx.cfg.train.seed}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     source = Source(f"mix({described})#{digest}")
-    if not streaming and ctx.is_main:
-        counts = np.bincount(np.asarray(mixed["mix_source"]), minlength=len(parts))
+    if ctx.is_main:
+        # a stream's proportions are those of its first documents (reading it all is the point
+        # of not streaming); a mapped dataset's are exact
+        ids = (
+            [row["mix_source"] for row in mixed.select_columns(["mix_source"]).take(MIX_SAMPLE)]
+            if streaming
+            else mixed["mix_source"]
+        )
+        counts = np.bincount(np.asarray(ids, dtype=np.int64), minlength=len(parts))
         shares = ", ".join(
             f"{src.describe()}: {c / max(1, counts.sum()):.3f} (weight {w:.3f})"
             for (src, w), c in zip(parts, counts)
         )
-        log.info("data.mix: %d documents; proportions %s", int(counts.sum()), shares)
+        where = (
+            f"first {int(counts.sum())} documents of the stream"
+            if streaming
+            else f"{int(counts.sum())} documents"
+        )
+        log.info("data.mix: %s; proportions %s", where, shares)
     return mixed, source
 
 

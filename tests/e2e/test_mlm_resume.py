@@ -6,6 +6,7 @@ and every final parameter must be bitwise identical.
 """
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,43 @@ def test_streaming_resume_continues_the_stream(tmp_path):
     run_cli([*args, "--output-dir", str(broken)])
     a, b = losses_by_step(straight), losses_by_step(broken)
     assert sorted(a) == list(range(1, 9)) and a == b
+
+
+@pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_streamed_mix_with_an_eval_file_resumes_exactly(tmp_path, nproc):
+    """data.mix + data.streaming + data.eval_path: two sources interleaved by the seeded sampler
+    while streaming, the held-out file evaluated, the realised proportions logged, and a resume
+    after a kill continues the mixture where it stopped (every loss equal)."""
+    from pipeline.data.embedded import materialize
+
+    lines = Path(materialize("bible")["train"]).read_text().splitlines()
+    a, b, held = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "eval.jsonl"
+    a.write_text("\n".join(lines[:300]) + "\n")
+    b.write_text("\n".join(lines[-301:]) + "\n")  # an odd count: shares do not divide evenly
+    held.write_text("\n".join(lines[400:440]) + "\n")
+    args = [
+        *ARGS,
+        f"data.mix=[{{path: {a}, weight: 3}}, {{path: {b}, weight: 1}}]",
+        "data.streaming=true",
+        f"data.eval_path={held}",
+        "train.max_steps=8",
+        "train.checkpoint_every=4",
+        "train.eval_every=4",
+    ]
+    launch = {"launcher": "python"} if nproc == 1 else {"launcher": "torchrun", "nproc": 2}
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    out = run_cli([*args, "--output-dir", str(straight)], **launch)
+    share = re.search(rf"{a.name}: ([0-9.]+) \(weight 0\.750\)", out.stderr)
+    assert share and abs(float(share.group(1)) - 0.75) < 0.06, out.stderr[-2000:]
+    killed = run_cli(
+        [*args, "--output-dir", str(broken)], check=False, PIPELINE_FAULT="after_checkpoint@4",
+        **launch,
+    )  # fmt: skip
+    assert killed.returncode != 0
+    run_cli([*args, "--output-dir", str(broken)], **launch)
+    x, y = losses_by_step(straight), losses_by_step(broken)
+    assert sorted(x) == list(range(1, 9)) and x == y
+    evals = {r["step"]: r["loss"] for r in metrics(broken, "eval")}
+    assert sorted(evals) == [4, 8] and evals == {
+        r["step"]: r["loss"] for r in metrics(straight, "eval")
+    }
