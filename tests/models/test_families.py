@@ -117,11 +117,20 @@ def test_bare_encoder_pools_for_infonce(name):
     encoder = family.build_encoder(model_cfg(name), 120, PAD[name]).eval()
     assert type(encoder).__name__ == STOCK[name].replace("ForMaskedLM", "Model")
     x, mask = ids(), torch.ones(3, 24, dtype=torch.long)
-    mask[0, 20:] = 0
+    mask[0, 20:], mask[2, 9:] = 0, 0  # padded rows, as span-crop views are
+    x[mask == 0] = PAD[name]
     with torch.no_grad():
         hidden = encoder(input_ids=x, attention_mask=mask)[0]
-    for how in ("mean", "cls"):
-        assert pool(hidden, mask, how).shape == (3, 32)
+        for how in ("mean", "cls"):
+            pooled = pool(hidden, mask, how)
+            assert pooled.shape == (3, 32)
+            # a row's embedding is its own: padding and the other rows of the batch change
+            # nothing (ModernBERT unpads the batch into one sequence: no row may see another)
+            for i in range(3):
+                n = int(mask[i].sum())
+                alone = encoder(input_ids=x[i : i + 1, :n])[0]
+                assert torch.allclose(pooled[i], pool(alone, mask[i : i + 1, :n], how)[0],
+                                      atol=1e-5, rtol=0), (name, how, i)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
