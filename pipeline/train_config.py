@@ -269,12 +269,20 @@ class TrainConfig(LoopConfig):
     the last train.loss_spike_window steps (0 = off). The window is saved in checkpoints."""
     loss_spike_window: int = 50
     """Good steps the loss-spike z-score is computed over."""
+    stop_grace_s: float = 300.0
+    """After a stop signal (SIGTERM, SIGINT, SIGUSR1), seconds the run may take to reach the end
+    of its step, where every process agrees, checkpoints and exits 75. Past it (a data loader
+    stuck on a dead stream, a hung collective) the process exits 75 at once without a new
+    checkpoint: the scheduler requeues it and the resume starts from the last checkpoint.
+    Keep it under the scheduler's kill delay (SLURM: the --signal lead time); 0 = wait for ever."""
 
     def validate(self) -> list[str]:
         problems = super().validate() + check_minimums(
             self, {"micro_batch_size": 1, "global_batch_size": 1, "max_bad_steps": 1,
                    "batch_warmup_steps": 0}
         )  # fmt: skip
+        if self.stop_grace_s < 0:
+            problems.append(f"stop_grace_s must be >= 0, got {self.stop_grace_s}")
         if self.checkpoint_every_s is not None and self.checkpoint_every_s <= 0:
             problems.append(f"checkpoint_every_s must be > 0, got {self.checkpoint_every_s}")
         if self.push_checkpoints != "never" and not self.push_to_hub:

@@ -17,6 +17,8 @@ Other points:
   nan_value          the loss value becomes NaN but its gradients stay finite: only this
                      process can tell the step is bad (the case the all-reduced flag is for)
   spike_loss         the loss of step STEP is multiplied by 1000 (a loss spike)
+  stall_data         reading the batch of step STEP sleeps HOLD_S, deaf to stop signals (a
+                     loader stuck on a dead stream)
   hold               after step STEP is logged, wait (at most HOLD_S) until a stop signal
                      arrives: a test can signal "in the middle of training" however fast it is
 For nan_loss and spike_loss, STEP is the step being computed (1 for the first step).
@@ -42,6 +44,7 @@ POINTS = (
     "nan_value",
     "spike_loss",
     "hold",
+    "stall_data",
 )
 STALL_S = 5.0
 HOLD_S = 120.0
@@ -111,6 +114,12 @@ class FaultHook(Hook):
         "before_manifest": "mid_checkpoint",
         "complete": "after_checkpoint",
     }
+
+    def on_data(self, step: int) -> None:
+        if active("stall_data", step):
+            deadline = time.monotonic() + HOLD_S
+            while time.monotonic() < deadline:  # signal handlers run, the flag is not read
+                time.sleep(0.05)
 
     def on_loss(self, loss: Any, step: int) -> Any:
         return corrupt_loss(loss, step)

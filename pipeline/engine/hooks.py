@@ -3,6 +3,7 @@ callbacks). Installed only when configured, so the hot loop carries no test-only
 fault injection (engine/faults.py) is a hook present only when PIPELINE_FAULT is set.
 
 Points, in the order the loop reaches them within one step:
+  on_data(step)              before the step's first micro batch is read (step = its number)
   on_loss(loss, step)        the loss of a micro batch, before its backward; may replace it
   after_update(step)         right after an optimizer update was applied (step = new count)
   on_step_end(step, stop)    after the step's metrics are logged, before eval and checkpoint
@@ -18,6 +19,9 @@ import torch
 
 
 class Hook:
+    def on_data(self, step: int) -> None:
+        pass
+
     def on_loss(self, loss: torch.Tensor, step: int) -> torch.Tensor:
         return loss
 
@@ -40,6 +44,10 @@ class Hooks(Hook):
     def add(self, hook: Hook) -> None:
         """Install one more hook (called after those already installed)."""
         self.hooks.append(hook)
+
+    def on_data(self, step: int) -> None:
+        for h in self.hooks:
+            h.on_data(step)
 
     def on_loss(self, loss: torch.Tensor, step: int) -> torch.Tensor:
         for h in self.hooks:

@@ -88,7 +88,7 @@ class Trainer:
             config_lib.dump_yaml(cfg, self.run_dir / "config.yaml")
             setup.init_trackers(self.accelerator, cfg, self.run_dir, config_lib.flatten(resolved))
             write_run_info(self.run_dir, self.accelerator, self.accum)
-        self.stop = StopFlag().install()
+        self.stop = StopFlag(cfg.train.stop_grace_s).install()
         self.hooks = Hooks([faults.install()])  # empty outside fault-injection tests
 
         # ---- data, model, optimizer (seeded identically on every process)
@@ -203,6 +203,8 @@ class Trainer:
         for j in range(used):
             last = j == used - 1
             with phase("data"):  # phases: names for torch.profiler (scripts/profile_step.py)
+                if j == 0:
+                    self.hooks.on_data(self.state.step + 1)
                 batch = _to(next(self.batch_iter), self.accelerator.device)
                 for _ in range(self.accum - used if last else 0):  # batch-size warmup: the
                     next(self.batch_iter)  # rest of the global batch is passed over
@@ -270,6 +272,7 @@ class Trainer:
     def _limit_reached(self, verdict: LossVerdict) -> str | None:
         cfg = self.cfg.train
         if verdict.stop_requested:
+            self.stop.acknowledge()  # every process agreed to stop: the checkpoint comes next
             return "signal"
         if cfg.max_tokens and self.state.tokens >= cfg.max_tokens:
             return "max_tokens"

@@ -125,3 +125,35 @@ def test_second_ctrl_c_exits_at_once_and_corrupts_nothing(tmp_path):
     finished = [p for p in ckpts.iterdir() if p.name.startswith("step-")]
     assert finished and all(checkpoint.verify(p) is None for p in finished)
     assert checkpoint.latest_valid(out) == max(finished)
+
+
+def test_a_stop_signal_during_a_stuck_step_exits_75_after_the_grace(tmp_path):
+    """The batch of step 4 never comes (fault point stall_data: the loader sleeps, deaf to the
+    flag), so the step boundary where the stop is acted on is never reached. After
+    train.stop_grace_s the process exits 75 anyway (SLURM requeues), keeping checkpoint 2, and
+    the resume from it gives the straight run's losses."""
+    from tests.conftest import metrics, run_cli
+
+    args = ["train.max_steps=6", "train.checkpoint_every=2", "train.stop_grace_s=3"]
+    out, log = tmp_path / "run", tmp_path / "log.txt"
+    proc = launch(train_args(out, *args), 1, log, PIPELINE_FAULT="stall_data@4")
+    try:
+        wait_for(lambda: len(logged_steps(out)) >= 3, proc, "3 logged steps")
+        started = time.time()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        took = time.time() - started
+    finally:
+        proc.kill()
+    text = log.read_text()
+    assert proc.returncode == 75, text[-3000:]
+    assert 3.0 <= took < 20.0, took  # the grace, not the stall's 120 s
+    assert "did not end within train.stop_grace_s=3 s" in text
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002"]
+
+    run_cli(train_args(out, *args))  # the requeued job: resumes from checkpoint 2
+    straight = tmp_path / "straight"
+    run_cli(train_args(straight, *args))
+    a = {r["step"]: r["loss"] for r in metrics(straight)}
+    b = {r["step"]: r["loss"] for r in metrics(out)}  # a replayed step's last line wins
+    assert sorted(a) == list(range(1, 7)) and a == b
