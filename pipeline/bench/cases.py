@@ -92,15 +92,17 @@ def prepare(overrides: list[str], out: Path, recipe: str | Path | None = None) -
     import numpy as np
 
     from pipeline.data import text
-    from pipeline.data.packing import BlockTemplate
     from pipeline.engine.context import EngineContext
+    from pipeline.models.base import encoder_family
 
     out.mkdir(parents=True, exist_ok=True)
     cfg = run_config(overrides, out, recipe)
     ctx = EngineContext(cfg=cfg, run_dir=out, accelerator=_OneProcess())  # type: ignore[arg-type]
+    family = encoder_family(cfg.model.name, "mlm")
     corpus = text.load_corpus(ctx)
-    tok = text.get_tokenizer(ctx, corpus)  # saved into OUT/tokenizer
-    train, _ = text.packed(ctx, corpus, tok, BlockTemplate.of(tok))
+    # the family's own tokenizer (byte-level BPE for RoBERTa/ModernBERT), as a run trains it
+    tok = text.get_tokenizer(ctx, corpus, trainer=family.tokenizer_trainer())  # -> OUT/tokenizer
+    train, _ = text.packed(ctx, corpus, tok, family.block_template(tok))
     target = out / "trainer_data"
     if not (target / "dataset_info.json").is_file():
         ids = np.asarray(train.with_format("numpy")[:]["input_ids"], dtype=np.int64)

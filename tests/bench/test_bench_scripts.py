@@ -148,6 +148,11 @@ def test_bench_kmeans_marks_unequal_inertia():
     assert head["not_equal"] == ["sklearn elkan"]
 
 
+def snap_of(tmp_path, side: str):
+    """The last snapshot folder of a quality-race side."""
+    return sorted((tmp_path / "w" / f"{side}-6-0" / "snapshots").iterdir())[-1]
+
+
 def test_bench_quality_race(tmp_path):
     """Both sides train for the same seconds, ours through train.max_time_s with
     train.checkpoint_every_s snapshots, the Trainer through its budget callback; every snapshot
@@ -165,13 +170,17 @@ def test_bench_quality_race(tmp_path):
         assert len(curve) >= 2 and all(math.isfinite(m["loss"]) for _, m in curve)
         assert curve[-1][0] >= 6 * 0.9  # the last snapshot is at the end of the budget
     # the same model on both sides: the recipe's family, shape and dropout, not the defaults'
-    ours, theirs = (json.loads((sorted((tmp_path / "w" / f"{side}-6-0" / "snapshots").iterdir())[-1]
-                                / "config.json").read_text()) for side in ("ours", "trainer"))  # fmt: skip
+    ours, theirs = (json.loads((snap_of(tmp_path, side) / "config.json").read_text())
+                    for side in ("ours", "trainer"))  # fmt: skip
     assert ours["model_type"] == "modernbert"
     differ = {k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k)}
     assert differ <= {"transformers_version", "architectures", "dtype", "use_cache"}, differ
+    # and the family's own tokenizer on both sides (byte-level BPE for ModernBERT, as a run)
+    for side in ("ours", "trainer"):
+        tok = json.loads((snap_of(tmp_path, side) / "tokenizer.json").read_text())
+        assert tok["model"]["type"] == "BPE" and tok["pre_tokenizer"]["type"] == "ByteLevel", side
     from pipeline.bench import quality
 
     docs = quality.heldout_documents(24)
-    snap = sorted((tmp_path / "w" / "ours-6-0" / "snapshots").iterdir())[-1]
+    snap = snap_of(tmp_path, "ours")
     assert quality.evaluate_folder(snap, docs, 32) == quality.evaluate_folder(snap, docs, 32)
