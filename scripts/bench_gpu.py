@@ -17,6 +17,7 @@ in order of importance and are skipped (and shown as skipped) once the time budg
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
@@ -50,8 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", choices=["on", "off"], default=None,
                    help="torch.compile in 'all features' (default: on for CUDA, off for CPU)")  # fmt: skip
     p.add_argument("--rows", nargs="*", default=None,
-                   help="only these rows: all, trainer, cuda-graphs, micro-batch or a feature "
-                        "name's first word (bf16, sdpa, torch.compile, fused, sparse, data)")  # fmt: skip
+                   help="only these rows: all, trainer, cuda-graphs, micro-batch, doc-attention, "
+                        "varlen (flash-attn installed) or a feature name's first word (bf16, "
+                        "sdpa, torch.compile, fused, sparse, data)")  # fmt: skip
     p.add_argument("--budget-s", type=float, default=270.0, help="stop starting rows after this")
     p.add_argument("--threads", type=int, default=None, help="torch threads per row (CPU)")
     p.add_argument("--out", type=Path, default=None, help="work folder (default: a temp folder)")
@@ -115,6 +117,15 @@ def rows(s: dict, base: list[str], trainer_data: str) -> list[tuple[str, Case]]:
                                     "ours", [f"train.micro_batch_size={small}"])))  # fmt: skip
     if torch.cuda.is_available() and s["compile"]:
         out.append(("cuda-graphs", case("+ CUDA graphs", "ours", ["engine.cuda_graphs=true"])))
+    # packed documents kept apart: a block-diagonal mask through SDPA, or (flash-attn
+    # installed) no mask at all, the documents as FlashAttention varlen segments
+    doc = ["data.document_attention=true"]
+    out.append(("doc-attention", case("+ document attention (SDPA mask)", "ours", doc)))
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        varlen = [*doc, "model.attn_implementation=flash_attention_2"]
+        out.append(
+            ("varlen", case("+ document attention (FlashAttention-2 varlen)", "ours", varlen))
+        )
     return out
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -56,8 +56,10 @@ class EncoderConfig(ModelConfig):
     """Longest sequence the position embeddings cover (>= data.block_size)."""
     dropout: float = 0.1
     """Hidden and attention dropout."""
-    attn_implementation: str = "sdpa"
-    """Attention kernel: sdpa (PyTorch scaled-dot-product, picks FlashAttention on GPU) or eager."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] = "sdpa"
+    """Attention kernel: sdpa (PyTorch scaled-dot-product: its own flash/memory-efficient
+    kernels on GPU), eager, or flash_attention_2/3 (the flash-attn package, CUDA only; with
+    data.document_attention it runs packed documents unpadded, as varlen segments)."""
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in the backward pass instead of keeping them:
     less activation memory for about a third more compute (the same loss)."""
@@ -88,6 +90,26 @@ class EncoderConfig(ModelConfig):
                     f"fields (model.name={self.name})"
                 )
         return problems
+
+
+# attention kernels that take packed documents as segments (cu_seqlens) instead of a mask
+VARLEN_ATTENTION = {"flash_attention_2", "flash_attention_3"}
+
+
+def check_attention(cfg: ModelConfig) -> None:
+    """A FlashAttention kernel needs its package and a CUDA GPU: say so before building."""
+    impl = getattr(cfg, "attn_implementation", "sdpa")
+    if impl not in VARLEN_ATTENTION:
+        return
+    import importlib.util
+
+    package = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}[impl]
+    if importlib.util.find_spec(package) is None or not torch.cuda.is_available():
+        raise ConfigError(
+            [f"model.attn_implementation={impl} needs the {package} package and a CUDA GPU "
+             f"(found: package {'yes' if importlib.util.find_spec(package) else 'no'}, "
+             f"CUDA {'yes' if torch.cuda.is_available() else 'no'}); use sdpa"]
+        )  # fmt: skip
 
 
 def document_positions(document_ids: torch.Tensor) -> torch.Tensor:
@@ -132,6 +154,7 @@ class ModelFamily:
 
     @classmethod
     def build_masked_lm(cls, cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> nn.Module:
+        check_attention(cfg)
         if cfg.from_pretrained:
             # trust_remote_code stays off: only stock transformers classes are loaded
             model = cls.masked_lm_class.from_pretrained(
@@ -147,6 +170,7 @@ class ModelFamily:
 
     @classmethod
     def build_encoder(cls, cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> nn.Module:
+        check_attention(cfg)
         if cfg.from_pretrained:
             model = cls.encoder_class.from_pretrained(
                 cfg.from_pretrained, attn_implementation=cfg.attn_implementation,
@@ -239,15 +263,33 @@ class ModelFamily:
     """Position id of a sequence's first token (RoBERTa: pad_token_id + 1, None = that)."""
 
     @classmethod
-    def document_inputs(cls, model: nn.Module, document_ids: torch.Tensor) -> dict[str, Any]:
-        """Encoder inputs that keep packed documents apart (data.document_attention): a
-        block-diagonal attention mask (a token sees only its own document) and positions that
-        restart at each document, so a document in a block is encoded as it is alone."""
-        same = document_ids[:, None, :, None] == document_ids[:, None, None, :]
+    def document_inputs(
+        cls, model: nn.Module, input_ids: torch.Tensor, document_ids: torch.Tensor
+    ) -> dict[str, Any]:
+        """Encoder inputs that keep packed documents apart (data.document_attention): positions
+        that restart at each document and, for SDPA/eager, a block-diagonal attention mask (a
+        token sees only its own document), so a document in a block is encoded as it is alone.
+
+        With a varlen kernel (FlashAttention) no mask is built: the block rows are laid end to
+        end as one sequence whose documents are segments given by cumulative lengths
+        (transformers' packed-sequence path), so no attention is computed between documents at
+        all. Outputs then come back as [1, rows x block, ...]: reshape them to the rows."""
         offset = cls.position_offset
         if offset is None:
             offset = model.config.pad_token_id + 1
-        return {"attention_mask": same, "position_ids": document_positions(document_ids) + offset}
+        positions = document_positions(document_ids) + offset
+        if model.config._attn_implementation in VARLEN_ATTENTION:
+            from transformers.modeling_flash_attention_utils import (
+                prepare_fa_kwargs_from_position_ids,
+            )
+
+            flat = positions.reshape(1, -1)  # every row starts at a restart, hence a segment
+            (cu_q, cu_k), (max_q, max_k) = prepare_fa_kwargs_from_position_ids(flat)
+            return {"input_ids": input_ids.reshape(1, -1), "attention_mask": None,
+                    "position_ids": flat, "cu_seq_lens_q": cu_q, "cu_seq_lens_k": cu_k,
+                    "max_length_q": int(max_q), "max_length_k": int(max_k)}  # fmt: skip
+        same = document_ids[:, None, :, None] == document_ids[:, None, None, :]
+        return {"input_ids": input_ids, "attention_mask": same, "position_ids": positions}
 
 
 def families() -> list[str]:

@@ -95,11 +95,16 @@ class ModernBert(ModelFamily):
         return 6.0 * linear_parameters(encoder) + 12.0 * config.hidden_size * sum(keys)
 
     @classmethod
-    def document_inputs(cls, model: nn.Module, document_ids: torch.Tensor) -> dict[str, Any]:
+    def document_inputs(
+        cls, model: nn.Module, input_ids: torch.Tensor, document_ids: torch.Tensor
+    ) -> dict[str, Any]:
         """The block-diagonal mask for the global layers, and intersected with the window for
-        the local ones (a prepared mask skips transformers' own window)."""
-        inputs = super().document_inputs(model, document_ids)
+        the local ones (a prepared mask skips transformers' own window); a varlen kernel
+        applies the window inside each segment itself."""
+        inputs = super().document_inputs(model, input_ids, document_ids)
         same = inputs["attention_mask"]
+        if same is None:  # varlen segments
+            return inputs
         n = document_ids.shape[1]
         pos = torch.arange(n, device=document_ids.device)
         near = (pos[:, None] - pos[None, :]).abs() <= model.config.sliding_window

@@ -201,10 +201,11 @@ class SparseMaskedLM(nn.Module):
     ):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if document_ids is not None:  # data.document_attention: documents apart in a block
-            inputs.update(self.family.document_inputs(self.model, document_ids))
+            inputs = self.family.document_inputs(self.model, input_ids, document_ids)
         if self.sparse_prediction:
             encoder = self.family.encoder(self.model)
-            hidden = encoder(**inputs)[0]
+            # [rows, block, hidden] also when a varlen kernel ran the rows as one sequence
+            hidden = encoder(**inputs)[0].view(*input_ids.shape, -1)
             if masked_positions is not None:
                 # positions found by collate, padded to a fixed count: a static shape for
                 # torch.compile and CUDA graphs, and no device-to-host sync of `hidden[mask]`
@@ -215,7 +216,7 @@ class SparseMaskedLM(nn.Module):
                 hidden, targets = hidden[where], labels[where]
             logits = self.family.mlm_head(self.model)(hidden)
         else:
-            logits = self.model(**inputs).logits
+            logits = self.model(**inputs).logits.view(*input_ids.shape, -1)
             where = labels != IGNORE
             logits, targets = logits[where], labels[where]
         loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE)

@@ -55,7 +55,7 @@ def test_bench_mlm_table(tmp_path):
 
 def test_bench_gpu_table_on_cpu(tmp_path):
     out = _run("bench_gpu.py", [
-        "--tiny", "--rows", "all", "trainer", "fused", "--steps", "4", "--window", "2",
+        "--tiny", "--rows", "all", "trainer", "fused", "doc-attention", "--steps", "4", "--window", "2",
         "--micro-batch", "8", "--budget-s", "1000", "--out", str(tmp_path / "w"),
         "--json", str(tmp_path / "r.json"),
     ])  # fmt: skip
@@ -65,6 +65,7 @@ def test_bench_gpu_table_on_cpu(tmp_path):
         "ours, all features",
         "Trainer + DataCollatorForLanguageModeling",
         "- fused AdamW",
+        "+ document attention (SDPA mask)",
     ):
         assert f"| {name} " in out
     result = json.loads((tmp_path / "r.json").read_text())

@@ -100,7 +100,7 @@ def test_a_document_in_a_packed_block_is_encoded_as_alone(name):
     doc = document_ids(block, sep)
     assert doc.unique().tolist() == [0, 1, 2]
     with torch.no_grad():
-        packed = model(input_ids=block, **family.document_inputs(model, doc)).logits[0]
+        packed = model(**family.document_inputs(model, block, doc)).logits[0]
         for d in range(3):
             alone = block[:, doc[0] == d]
             logits = model(input_ids=alone).logits[0]
@@ -164,3 +164,82 @@ def test_roberta_positions_cover_the_block():
     family, model = build("roberta")
     assert model.config.max_position_embeddings == 512 + 1 + 1  # as roberta-base's 514
     assert family.max_tokens(model.config) == 512
+
+
+def varlen_reference(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                     sliding_window=None, cu_seq_lens_q=None, **_):  # fmt: skip
+    """What flash_attn_varlen_func computes, on CPU: attention inside each segment of the one
+    packed sequence only, and for local layers inside FlashAttention's inclusive window
+    (sliding_window - 1 on each side). Inputs [1, heads, tokens, dim]; output [1, tokens, ...]."""
+    assert query.shape[0] == 1 and attention_mask is None and cu_seq_lens_q is not None
+    out = torch.empty_like(query)
+    bounds = cu_seq_lens_q.tolist()
+    for s, e in zip(bounds, bounds[1:]):
+        band = None
+        if sliding_window is not None:
+            pos = torch.arange(e - s)
+            band = (pos[:, None] - pos[None, :]).abs() <= sliding_window - 1
+        q, k, v = (t[:, :, s:e] for t in (query, key, value))
+        out[:, :, s:e] = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=band, scale=scaling
+        )
+    return out.transpose(1, 2), None
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_varlen_documents_equal_the_block_diagonal_mask(name, sparse, monkeypatch):
+    """data.document_attention with a varlen kernel (FlashAttention on GPU; here a CPU reference
+    of flash_attn_varlen_func registered with transformers): the rows run as one unpadded
+    sequence of document segments, and the MLM loss, accuracy and gradients equal those of the
+    SDPA block-diagonal mask."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    from pipeline.models import base
+
+    AttentionInterface.register("varlen_reference", varlen_reference)
+    AttentionMaskInterface.register("varlen_reference", flash_attention_mask)
+    monkeypatch.setattr(base, "VARLEN_ATTENTION", {"varlen_reference"})
+    family, model = build(name)
+    sep = 4
+    rows = []
+    for seed in (1, 2):  # two blocks of 32, documents of different lengths, one cut at the end
+        parts, g = [torch.tensor([3])], torch.Generator().manual_seed(seed)
+        while sum(len(p) for p in parts) < 32:
+            n = int(torch.randint(3, 12, (1,), generator=g))
+            parts += [torch.randint(5, 120, (n,), generator=g), torch.tensor([sep])]
+        rows.append(torch.cat(parts)[:32])
+    block = torch.stack(rows)
+    doc = document_ids(block, sep)
+    labels = torch.full_like(block, -100)
+    labels[:, 1::3] = block[:, 1::3]  # a third of the tokens predicted
+    mlm = SparseMaskedLM(model, family, sparse_prediction=sparse)
+
+    def run(impl: str):
+        model.zero_grad()
+        model.config._attn_implementation = impl
+        loss, metrics = mlm(block, labels, document_ids=doc)
+        loss.backward()
+        return loss.detach(), metrics["mlm_accuracy"], [p.grad.clone() for p in model.parameters()]
+
+    masked, varlen = run("sdpa"), run("varlen_reference")
+    inputs = family.document_inputs(model, block, doc)
+    assert inputs["input_ids"].shape == (1, 64) and inputs["attention_mask"] is None
+    starts = [
+        0,
+        *(i for i in range(1, 64) if i % 32 == 0 or doc.view(-1)[i] != doc.view(-1)[i - 1]),
+        64,
+    ]
+    assert inputs["cu_seq_lens_q"].tolist() == starts  # one segment per document and row
+    assert torch.allclose(masked[0], varlen[0], atol=1e-5, rtol=0), (masked[0], varlen[0])
+    assert masked[1] == varlen[1]
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(masked[2], varlen[2]))
+
+
+def test_flash_attention_without_its_package_is_one_line():
+    cfg = model_cfg("modernbert", "model.attn_implementation=flash_attention_2")
+    with pytest.raises(
+        ConfigError, match="flash_attention_2 needs the flash_attn package and a CUDA GPU"
+    ):
+        encoder_family("modernbert", "mlm").build_masked_lm(cfg, 120, 1)
