@@ -100,6 +100,42 @@ def test_all_checkpoints_keeps_each_and_resume_takes_the_newest(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.distributed
+def test_two_processes_resume_from_the_hub_download_once(tmp_path):
+    """2 processes (torchrun, gloo): the main one downloads the checkpoint into the shared run
+    folder, the other waits for it; the resumed steps are bitwise the uninterrupted ones."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    two = {"launcher": "torchrun", "nproc": 2, "timeout": 400}
+    with MockHub() as hub:
+        hub_vars = hub_env(hub.url, tmp_path)
+        run_cli(train_args(first, *STEPS, "train.push_to_hub=alice/run",
+                           "train.push_checkpoints=all_checkpoints"), **two, **hub_vars)  # fmt: skip
+        pushed = [c for c in hub.state.commits if c.summary.startswith("Training in progress")]
+        assert [c.summary[-6:] for c in pushed] == ["step 2", "step 4"]
+        assert {"checkpoint-2/rank-0.pt", "checkpoint-2/rank-1.pt"} <= set(pushed[0].files)
+        before = len(hub.state.requests)
+        resumed = run_cli(train_args(second, *STEPS, "train.export=false",
+                                     f"train.resume_from=hub:alice/run@{pushed[0].oid}"),
+                          **two, **hub_vars)  # fmt: skip
+        asked = hub.state.requests[before:]
+        assert not hub.state.unexpected, hub.state.unexpected
+    # one process asked the Hub, once: one revision lookup, each file fetched once
+    assert sum("/revision/" in path for _, path, _ in asked) == 1, asked
+    got = [path.rsplit("/", 1)[-1] for method, path, _ in asked
+           if method == "GET" and "/resolve/" in path]  # fmt: skip
+    assert sorted(got) == sorted(k.rsplit("/", 1)[-1] for k in pushed[0].files), asked
+    assert resumed.stderr.count("fetched checkpoint step 2 from") == 1
+    ran = metrics(first)
+    assert [r["step"] for r in metrics(second)] == [3, 4]
+    assert [r["loss"] for r in metrics(second)] == [r["loss"] for r in ran if r["step"] > 2]
+    a = load_file(str(first / "checkpoints" / "step-00000004" / "model.safetensors"))
+    b = load_file(str(second / "checkpoints" / "step-00000004" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for rank in ("rank-0.pt", "rank-1.pt"):  # each process's RNG state went on as before
+        ours = second / "checkpoints" / "step-00000004" / rank
+        assert ours.read_bytes() == (first / "checkpoints" / "step-00000004" / rank).read_bytes()
+
+
 # pushes fake checkpoints straight through pipeline.hub (in a subprocess: this process has
 # huggingface_hub imported offline); prints what latest_checkpoint picks after each push
 PUSHES = """
