@@ -70,21 +70,6 @@ def test_slurm_submit_takes_a_recipe_name(monkeypatch, tmp_path):
     assert plan.variables["OVERRIDES"] == "train.max_steps=5"
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> tuple[Path, Path]:
-    """(the built wheel, its files unpacked into a folder: an install without a checkout)."""
-    dist = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         str(ROOT), "-w", str(dist)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    (built,) = dist.glob("pipeline-*.whl")
-    site = tmp_path_factory.mktemp("site")
-    zipfile.ZipFile(built).extractall(site)
-    return built, site
-
-
 def test_the_wheel_ships_configs_and_slurm_and_finds_them_without_a_checkout(wheel, tmp_path):
     built, site = wheel
     names = zipfile.ZipFile(built).namelist()
