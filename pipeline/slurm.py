@@ -191,7 +191,9 @@ def plan_submission(req: SubmitRequest) -> SbatchPlan:
     else:
         variables["GPUS_PER_NODE"] = str(gpus)
     if template == "deepspeed" and cfg.engine.deepspeed_config:
-        variables["DEEPSPEED_CONFIG"] = _for_job(cfg.engine.deepspeed_config, cwd, work)
+        # a shipped name (deepspeed/zero2, configs/deepspeed/zero2.json): the install's file
+        shipped = str(recipes.resolve(cfg.engine.deepspeed_config))
+        variables["DEEPSPEED_CONFIG"] = _for_job(shipped, cwd, work)
     variables["PIPELINE_ROOT"] = str(recipes.root())  # where slurm/common.sh is
     if work != recipes.root():
         variables["PIPELINE_WORKDIR"] = str(work)

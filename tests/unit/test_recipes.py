@@ -149,3 +149,34 @@ def test_slurm_submit_without_a_checkout_runs_the_job_where_it_was_submitted(
     assert (workdir, run_dir) == (str(user), str(run))
     assert train_args.startswith(f"-m pipeline train {shipped}/configs/mlm/tiny.yaml train.seed=3")
     assert not (shipped / "runs").exists() and not list(site.glob("slurm-*"))
+
+
+def test_a_deepspeed_json_is_found_by_name_from_any_folder(monkeypatch, tmp_path):
+    from pipeline.engine.deepspeed import config_path
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    for name in ("deepspeed/zero3", "configs/deepspeed/zero3.json"):
+        cfg = load_config(RunConfig, "mlm/tiny", ["engine.strategy=deepspeed",
+                                                  f"engine.deepspeed_config={name}"])  # fmt: skip
+        assert config_path(cfg) == str(ROOT / "configs" / "deepspeed" / "zero3.json")
+
+
+def test_slurm_deepspeed_without_a_checkout_takes_the_installed_json(wheel, tmp_path):
+    """A pip install has no configs/deepspeed/ in the user's folder: the JSON the job gets, named
+    or the template's default, is the installed one."""
+    _, site = wheel
+    shipped = site / "pipeline" / "_recipes"
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    base = [sys.executable, "-m", "pipeline", "slurm", "submit", "mlm/tiny",
+            "engine.strategy=deepspeed", "--gpus-per-node", "1", "--print"]  # fmt: skip
+    named = subprocess.run([*base, "engine.deepspeed_config=deepspeed/zero3"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert named.returncode == 0, named.stderr
+    assert f"DEEPSPEED_CONFIG={shipped}/configs/deepspeed/zero3.json \\" in named.stdout
+    default = subprocess.run(base, cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+    assert default.returncode == 0, default.stderr
+    assert "DEEPSPEED_CONFIG=" not in default.stdout.split("sbatch ")[0]
+    assert "DEEPSPEED_CONFIG:-$PIPELINE_ROOT/configs/deepspeed/zero2.json}" in default.stdout
+    assert f"PIPELINE_ROOT={shipped} \\" in default.stdout
+    assert (shipped / "configs" / "deepspeed" / "zero2.json").is_file()
