@@ -13,6 +13,7 @@ network.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -178,8 +179,13 @@ def publish(
 
 
 # ---------------------------------------------------------------- checkpoints during training
-# transformers' Trainer (hub_strategy="checkpoint") keeps the newest checkpoint in this folder
+# transformers' Trainer keeps the newest checkpoint in last-checkpoint/ (hub_strategy=
+# "checkpoint") or each one in a folder named as in its output_dir (hub_strategy=
+# "all_checkpoints"); these are the same names
 LAST_CHECKPOINT = "last-checkpoint"
+NUMBERED = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_MANIFEST = "manifest.json"  # pipeline.engine.checkpoint.MANIFEST
+CHECKPOINT_STATE = "trainer_state.json"  # pipeline.engine.checkpoint.TRAINER_STATE
 
 
 def _api():
@@ -195,12 +201,29 @@ def _scrubbed(err: Exception) -> str:
     return message.replace(token, "<redacted>") if token else message
 
 
-def push_checkpoint(folder: str | Path, repo: str, step: int, private: bool = False) -> str:
+def checkpoint_folder(step: int, every: bool) -> str:
+    """The repo folder a checkpoint is pushed into: checkpoint-STEP (all_checkpoints, one folder
+    per checkpoint) or last-checkpoint (every_save, the newest only)."""
+    return f"checkpoint-{step}" if every else LAST_CHECKPOINT
+
+
+def push_checkpoint(
+    folder: str | Path,
+    repo: str,
+    step: int,
+    private: bool = False,
+    path_in_repo: str = LAST_CHECKPOINT,
+) -> str:
     """Commit every file of the engine checkpoint `folder` (model, optimizer, RNG and trainer
-    state, its manifest) into `repo`'s last-checkpoint/ on main: one commit, so one revision,
-    per checkpoint. Unlike `publish`, the optimizer and RNG files (tensor-only pickles, read
-    back with weights_only=True) go up too: a resume needs them. Returns the commit id."""
-    from huggingface_hub import CommitOperationAdd
+    state, its manifest) into `repo`'s `path_in_repo`/ on main: one commit, so one revision,
+    per checkpoint. Files already in `path_in_repo`/ that this checkpoint does not have (the
+    previous checkpoint's) are deleted in the same commit, so the folder is exactly this
+    checkpoint. Unlike `publish`, the optimizer and RNG files (tensor-only pickles, read back
+    with weights_only=True) go up too: a resume needs them. Returns the commit id."""
+    # One create_commit, not upload_folder(delete_patterns=...): with hf_xet installed,
+    # upload_folder may split a folder over several commits, and a revision holding half a
+    # checkpoint is one a resume could pick.
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
     from huggingface_hub.errors import HfHubHTTPError
 
     check_repo(repo)
@@ -209,16 +232,17 @@ def push_checkpoint(folder: str | Path, repo: str, step: int, private: bool = Fa
     if links:
         raise HubError(f"refusing to push checkpoint {folder}: symlinks {', '.join(links)}")
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    operations = [
-        CommitOperationAdd(
-            path_in_repo=f"{LAST_CHECKPOINT}/{p.relative_to(folder).as_posix()}",
-            path_or_fileobj=str(p),
-        )
-        for p in files
+    added = {f"{path_in_repo}/{p.relative_to(folder).as_posix()}": p for p in files}
+    operations: list = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
+        for name, path in added.items()
     ]
     api = _api()
     try:
         api.create_repo(repo, private=private, repo_type="model", exist_ok=True)
+        there = api.list_repo_files(repo, repo_type="model", revision="main")
+        stale = sorted(f for f in there if f.startswith(f"{path_in_repo}/") and f not in added)
+        operations += [CommitOperationDelete(path_in_repo=f) for f in stale]
         info = api.create_commit(
             repo, operations, commit_message=f"Training in progress: checkpoint step {step}",
             repo_type="model", revision="main",
@@ -226,12 +250,13 @@ def push_checkpoint(folder: str | Path, repo: str, step: int, private: bool = Fa
     except (HfHubHTTPError, OSError, ValueError) as err:
         raise HubError(f"pushing checkpoint {folder} to {endpoint()}/{repo} failed: "
                        f"{_scrubbed(err)}") from None  # fmt: skip
-    log.info("pushed checkpoint step %d to %s (%s)", step, repo, info.oid)
+    log.info("pushed checkpoint step %d to %s/%s (%s; %d stale files deleted)",
+             step, repo, path_in_repo, info.oid, len(stale))  # fmt: skip
     return str(info.oid)
 
 
 def parse_source(source: str) -> tuple[str, str]:
-    """hub:OWNER/NAME[@REVISION] -> (repo, revision); revision: a branch or commit id."""
+    """hub:OWNER/NAME[@REVISION] -> (repo, revision); revision: a branch, tag or commit id."""
     if not source.startswith("hub:"):
         raise HubError(f"{source!r}: a Hub source is hub:OWNER/NAME[@REVISION]")
     repo, _, revision = source[len("hub:") :].partition("@")
@@ -239,26 +264,56 @@ def parse_source(source: str) -> tuple[str, str]:
     return repo, revision or "main"
 
 
-def download_checkpoint(source: str, dest: str | Path) -> Path:
-    """Download last-checkpoint/ of the Hub source (hub:OWNER/NAME[@REVISION]) into `dest`
-    (made fresh); returns the folder holding the checkpoint's files."""
-    from huggingface_hub import snapshot_download
+def latest_checkpoint(source: str) -> tuple[str, str]:
+    """(commit id, folder) of the newest checkpoint of the Hub source at its revision: the
+    checkpoint-STEP/ with the highest STEP, or last-checkpoint/, whichever has the higher step
+    (its trainer_state.json says) when the repo has both. Only folders with a manifest count."""
+    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError
 
     repo, revision = parse_source(source)
     if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
         raise HubError(f"resuming from {source} needs the network but HF_HUB_OFFLINE is set")
+    try:
+        info = _api().model_info(repo, revision=revision, files_metadata=False)
+        commit = str(info.sha)  # later requests pin this commit: a push meanwhile changes nothing
+        names = [s.rfilename for s in info.siblings or []]
+        folders = {n.split("/")[0] for n in names if n.count("/") == 1
+                   and n.endswith(f"/{CHECKPOINT_MANIFEST}")}  # fmt: skip
+        numbered = sorted((int(m.group(1)), f) for f in folders if (m := NUMBERED.match(f)))
+        if not numbered and LAST_CHECKPOINT not in folders:
+            raise HubError(f"{source} holds no checkpoint (a {LAST_CHECKPOINT}/ or checkpoint-STEP/ "
+                           "folder with a manifest, pushed by train.push_checkpoints)")  # fmt: skip
+        if not numbered:
+            return commit, LAST_CHECKPOINT
+        if LAST_CHECKPOINT not in folders:
+            return commit, numbered[-1][1]
+        state = hf_hub_download(repo, f"{LAST_CHECKPOINT}/{CHECKPOINT_STATE}", revision=commit,
+                                endpoint=endpoint())  # fmt: skip
+        last = int(json.loads(Path(state).read_text())["step"])
+    except (HfHubHTTPError, OSError, ValueError, KeyError) as err:
+        raise HubError(f"looking up the checkpoints of {source} failed: {_scrubbed(err)}") from None
+    return commit, LAST_CHECKPOINT if last >= numbered[-1][0] else numbered[-1][1]
+
+
+def download_checkpoint(source: str, dest: str | Path) -> Path:
+    """Download the newest checkpoint of the Hub source (hub:OWNER/NAME[@REVISION], see
+    `latest_checkpoint`) into `dest` (made fresh); returns the folder holding its files."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    repo, _ = parse_source(source)
+    commit, name = latest_checkpoint(source)
     dest = Path(dest)
     try:
         snapshot_download(
-            repo, revision=revision, repo_type="model", local_dir=str(dest),
-            allow_patterns=[f"{LAST_CHECKPOINT}/*", f"{LAST_CHECKPOINT}/**"],
-            endpoint=endpoint(),
+            repo, revision=commit, repo_type="model", local_dir=str(dest),
+            allow_patterns=[f"{name}/*", f"{name}/**"], endpoint=endpoint(),
         )  # fmt: skip
     except (HfHubHTTPError, OSError, ValueError) as err:
         raise HubError(f"downloading {source} failed: {_scrubbed(err)}") from None
-    folder = dest / LAST_CHECKPOINT
-    if not (folder / "manifest.json").is_file():
-        raise HubError(f"{source} holds no {LAST_CHECKPOINT}/ checkpoint (pushed by "
-                       "train.push_checkpoints=every_save)")  # fmt: skip
+    folder = dest / name
+    if not (folder / CHECKPOINT_MANIFEST).is_file():
+        raise HubError(f"{source} at {commit}: {name}/ has no {CHECKPOINT_MANIFEST}")
+    log.info("downloaded %s/ of %s at commit %s", name, source, commit)
     return folder

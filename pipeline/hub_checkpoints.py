@@ -3,11 +3,14 @@
 - `train.push_checkpoints=every_save` (transformers' `hub_strategy="checkpoint"`): every
   complete checkpoint is committed to the `train.push_to_hub` repo's `last-checkpoint/` folder,
   one commit (so one revision) per checkpoint, by a hook (`PushCheckpoints.on_checkpoint`) on
-  the main process. The checkpoint is hard-linked aside first (rotation may delete the original)
+  the main process; the previous checkpoint's files that the new one lacks are deleted in that
+  commit. `all_checkpoints` (transformers' `hub_strategy="all_checkpoints"`): each checkpoint
+  goes into its own `checkpoint-STEP/` folder instead, and the repo keeps them all. The checkpoint is hard-linked aside first (rotation may delete the original)
   and uploaded by a background thread, so training goes on during the upload; the next push,
   and the end of training (`finish`), wait for the previous one and raise its error.
 - `train.resume_from=hub:OWNER/NAME[@REVISION]`: a run folder without a valid checkpoint of its
-  own starts from that repo's `last-checkpoint/` (at a branch or commit id): the main process
+  own starts from that repo's newest checkpoint at that branch or commit id (the highest
+  `checkpoint-STEP/`, or `last-checkpoint/` if it is newer, `hub.latest_checkpoint`): the main process
   downloads it, checks its manifest and puts it in RUN_DIR/checkpoints/step-N, where the
   engine's resume finds it (the others wait for it: the run folder is shared). A folder that has
   its own checkpoint (a requeued job) resumes from that.
@@ -37,8 +40,9 @@ PUSH_DIR = ".hub-push"
 class PushCheckpoints(Hook):
     """Commits each complete checkpoint to `repo` (main process only)."""
 
-    def __init__(self, run_dir: Path, repo: str, enabled: bool = True) -> None:
+    def __init__(self, run_dir: Path, repo: str, enabled: bool = True, every: bool = False) -> None:
         self.run_dir, self.repo, self.enabled = Path(run_dir), repo, enabled
+        self.every = every  # all_checkpoints: checkpoint-STEP/ each, else last-checkpoint/
         self.pushed: list[tuple[int, str]] = []  # (step, commit id), in order
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -56,7 +60,10 @@ class PushCheckpoints(Hook):
 
     def _push(self, staged: Path, step: int) -> None:
         try:
-            self.pushed.append((step, hub.push_checkpoint(staged, self.repo, step)))
+            into = hub.checkpoint_folder(step, self.every)
+            self.pushed.append(
+                (step, hub.push_checkpoint(staged, self.repo, step, path_in_repo=into))
+            )
         except BaseException as err:  # raised on the training thread by wait()
             self._error = err
         finally:
@@ -85,9 +92,11 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 def attach(trainer: Any, cfg: Any) -> PushCheckpoints | None:
     """Install the push hook on a built Trainer when the config asks for it."""
-    if getattr(cfg.train, "push_checkpoints", "never") != "every_save":
+    mode = getattr(cfg.train, "push_checkpoints", "never")
+    if mode == "never":
         return None
-    hook = PushCheckpoints(trainer.run_dir, cfg.train.push_to_hub, enabled=trainer.ctx.is_main)
+    hook = PushCheckpoints(trainer.run_dir, cfg.train.push_to_hub, enabled=trainer.ctx.is_main,
+                           every=mode == "all_checkpoints")  # fmt: skip
     trainer.hooks.add(hook)
     return hook
 

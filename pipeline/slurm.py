@@ -1,5 +1,10 @@
 """Submit a training run through the sbatch templates in `slurm/` (see slurm/README.md).
 
+The templates are the checkout's `slurm/`, or, installed without a checkout, the copy the
+wheel ships (`pipeline/_recipes/slurm`, see recipes.py). The job runs in the checkout's root
+(its runs/ folder), or without a checkout in the folder `submit` was called from, never in the
+installed package: PIPELINE_WORKDIR tells the templates so.
+
 `plan_submission` validates everything it can before anything reaches SLURM (the config itself,
 nodes/GPUs against the template, overrides the template could not pass on) and returns the
 exact `sbatch` command and the environment variables the template reads; `render` prints them
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import recipes
 from pipeline.engine.setup import SetupError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +56,7 @@ OWNED_VARIABLES = (
     "PROCS_PER_NODE",
     "DEEPSPEED_CONFIG",
     "PIPELINE_ROOT",
+    "PIPELINE_WORKDIR",
     "PIPELINE_CMD",
 )
 
@@ -81,13 +88,14 @@ class SbatchPlan:
     template: str
     """Key of TEMPLATES (cpu, train, multinode, ...)."""
     script: str
-    """The template, relative to `cwd` (slurm/X.sbatch)."""
+    """The template: slurm/X.sbatch in a checkout (relative to `cwd`), else its absolute path."""
     options: list[str]
     """sbatch options, `--parsable` first."""
     variables: dict[str, str]
     """Environment variables the template reads, as this command sets them."""
     cwd: Path
-    """Where sbatch runs: the repository root, so SLURM_SUBMIT_DIR is too."""
+    """Where sbatch runs, so SLURM_SUBMIT_DIR, and where the job runs: the repository root in a
+    checkout, else the folder the submission was made from."""
     job_name: str
     log: str
     """Absolute `--output` pattern (%x, %j, %A, %a...)."""
@@ -122,12 +130,24 @@ def choose_template(nodes: int, gpus_per_node: int, strategy: str) -> str:
     return strategy_template(strategy) or ("train" if nodes == 1 else "multinode")
 
 
+def in_checkout() -> bool:
+    """True when this package runs from a source checkout (its slurm/ and runs/ at the root)."""
+    return recipes.root() == REPO_ROOT
+
+
+def job_dir(cwd: Path) -> Path:
+    """Where the job runs and relative paths point: the checkout's root, else `cwd` (installed
+    from a wheel: never the package folder)."""
+    return REPO_ROOT if in_checkout() else cwd.resolve()
+
+
 def plan_submission(req: SubmitRequest) -> SbatchPlan:
     """Validate the request and the config (ConfigError/SlurmError) and build the sbatch call."""
     from pipeline.config import load_config
     from pipeline.train_config import RunConfig
 
     cwd = Path.cwd()
+    work = job_dir(cwd)
     problems = _option_problems(req)
     if problems:
         raise SlurmError(_join(problems))
@@ -155,15 +175,15 @@ def plan_submission(req: SubmitRequest) -> SbatchPlan:
     if problems:
         raise SlurmError(_join(problems))
     script = Path("slurm") / TEMPLATES[template]
-    if not (REPO_ROOT / script).is_file():
-        raise SlurmError(f"template {REPO_ROOT / script} not found (is this a source checkout?)")
+    if not in_checkout():
+        script = recipes.slurm_dir() / TEMPLATES[template]
+    if not (recipes.root() / script).is_file():
+        raise SlurmError(f"template {recipes.root() / script} not found (a broken install?)")
     job_name = req.job_name or _default_job_name(TEMPLATES[template])
 
-    from pipeline import recipes
-
     config = str(recipes.resolve(req.config))  # a shipped recipe's name: its file
-    variables = {"CONFIG": _for_job(config, cwd), "OVERRIDES": " ".join(overrides)}
-    job_output_dir = None if output_dir is None else _for_job(output_dir, cwd)
+    variables = {"CONFIG": _for_job(config, cwd, work), "OVERRIDES": " ".join(overrides)}
+    job_output_dir = None if output_dir is None else _for_job(output_dir, cwd, work)
     if job_output_dir is not None:
         variables["OUTPUT_DIR"] = job_output_dir
     if template == "cpu":
@@ -171,8 +191,12 @@ def plan_submission(req: SubmitRequest) -> SbatchPlan:
     else:
         variables["GPUS_PER_NODE"] = str(gpus)
     if template == "deepspeed" and cfg.engine.deepspeed_config:
-        variables["DEEPSPEED_CONFIG"] = _for_job(cfg.engine.deepspeed_config, cwd)
-    variables["PIPELINE_ROOT"] = str(REPO_ROOT)
+        # a shipped name (deepspeed/zero2, configs/deepspeed/zero2.json): the install's file
+        shipped = str(recipes.resolve(cfg.engine.deepspeed_config))
+        variables["DEEPSPEED_CONFIG"] = _for_job(shipped, cwd, work)
+    variables["PIPELINE_ROOT"] = str(recipes.root())  # where slurm/common.sh is
+    if work != recipes.root():
+        variables["PIPELINE_WORKDIR"] = str(work)
     # the job runs the interpreter that validated the config (shared filesystem)
     variables["PYTHON"] = os.environ.get("PYTHON") or sys.executable
 
@@ -202,7 +226,7 @@ def plan_submission(req: SubmitRequest) -> SbatchPlan:
         script=str(script),
         options=options,
         variables=variables,
-        cwd=REPO_ROOT,
+        cwd=work,
         job_name=job_name,
         log=log,
         output_dir=job_output_dir,
@@ -220,7 +244,7 @@ def render(plan: SbatchPlan) -> str:
     lines.append(
         f"# {plan.script} (options on the sbatch command line win over its #SBATCH lines):"
     )
-    lines.append((plan.cwd / plan.script).read_text().rstrip("\n"))
+    lines.append((recipes.root() / plan.script).read_text().rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 
@@ -261,9 +285,9 @@ def log_path(plan: SbatchPlan, job_id: str) -> str:
 
 def run_folder(plan: SbatchPlan, job_id: str) -> str:
     if plan.output_dir is not None:
-        return str(REPO_ROOT / plan.output_dir)  # an absolute output_dir stays as it is
+        return str(plan.cwd / plan.output_dir)  # an absolute output_dir stays as it is
     task = "_<array task>" if plan.array else ""
-    return str(REPO_ROOT / "runs" / f"{plan.job_name}-{job_id}{task}")
+    return str(plan.cwd / "runs" / f"{plan.job_name}-{job_id}{task}")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -360,21 +384,21 @@ def _first_task(array: str | None) -> str:
     return match.group(0) if match else "0"
 
 
-def _for_job(path: str, cwd: Path) -> str:
-    """The job runs in the repository root: a path given relative to `cwd` is rewritten
-    relative to the root when it lies inside it, else made absolute."""
+def _for_job(path: str, cwd: Path, work: Path) -> str:
+    """The job runs in `work`: a path given relative to `cwd` is rewritten relative to `work`
+    when it lies inside it, else made absolute."""
     if os.path.isabs(path):
         return path
     full = Path(os.path.normpath(cwd.resolve() / path))
     try:
-        return str(full.relative_to(REPO_ROOT))
+        return str(full.relative_to(work))
     except ValueError:
         return str(full)
 
 
 def _default_job_name(script_name: str) -> str:
     """The template's #SBATCH --job-name (for the log and run folder names)."""
-    text = (REPO_ROOT / "slurm" / script_name).read_text()
+    text = (recipes.slurm_dir() / script_name).read_text()
     match = re.search(r"^#SBATCH\s+--job-name=(\S+)", text, flags=re.M)
     return match.group(1) if match else "pipeline"
 

@@ -252,13 +252,16 @@ class TrainConfig(LoopConfig):
     """Write the Hugging Face export into RUN_DIR/export at the end."""
     push_to_hub: str | None = None
     """Publish the export to this Hub repo (OWNER/NAME) at the end."""
-    push_checkpoints: Literal["never", "every_save"] = "never"
+    push_checkpoints: Literal["never", "every_save", "all_checkpoints"] = "never"
     """every_save: commit every checkpoint, as it is written, to the train.push_to_hub repo's
-    last-checkpoint/ (one commit, i.e. one revision, per checkpoint; transformers'
-    hub_strategy="checkpoint"), uploaded in the background while training goes on."""
+    last-checkpoint/, replacing the previous one (one commit, i.e. one revision, per checkpoint;
+    transformers' hub_strategy="checkpoint"); all_checkpoints: each into its own
+    checkpoint-STEP/, all kept (hub_strategy="all_checkpoints"). Uploaded in the background
+    while training goes on."""
     resume_from: str | None = None
     """hub:OWNER/NAME[@REVISION]: a run folder without a checkpoint of its own starts from the
-    last-checkpoint/ of that Hub repo at that branch or commit (default main)."""
+    newest checkpoint (highest checkpoint-STEP/, or last-checkpoint/) of that Hub repo at that
+    branch or commit (default main)."""
     on_nonfinite: Literal["skip", "stop"] = "skip"
     """A step whose loss or gradient is NaN/inf on any process: skip it on every process
     (parameters and optimizer state unchanged), or stop (last good checkpoint saved)."""

@@ -26,7 +26,7 @@ def train_and_export(cfg: RunConfig) -> dict[str, float]:
 
     hub_checkpoints.fetch_for_resume(cfg)  # train.resume_from=hub:OWNER/NAME
     with Trainer(cfg) as trainer:
-        pusher = hub_checkpoints.attach(trainer, cfg)  # train.push_checkpoints=every_save
+        pusher = hub_checkpoints.attach(trainer, cfg)  # train.push_checkpoints
         result = trainer.fit()
         if pusher is not None:
             pusher.wait()  # the last checkpoint's upload

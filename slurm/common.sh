@@ -67,7 +67,11 @@ _pipeline_first_host() {
 pipeline_init() {
     PIPELINE_ROOT=${PIPELINE_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
     PIPELINE_COMMON="$PIPELINE_ROOT/slurm/common.sh"
-    cd "$PIPELINE_ROOT" || _pipeline_die "cannot cd to PIPELINE_ROOT=$PIPELINE_ROOT"
+    # The job runs (runs/, relative paths) in PIPELINE_WORKDIR, default PIPELINE_ROOT; `slurm
+    # submit` from a pip install sets it to the submitting folder (PIPELINE_ROOT is then the
+    # installed package's copy of the templates, no place for runs).
+    PIPELINE_WORKDIR=${PIPELINE_WORKDIR:-$PIPELINE_ROOT}
+    cd "$PIPELINE_WORKDIR" || _pipeline_die "cannot cd to PIPELINE_WORKDIR=$PIPELINE_WORKDIR"
 
     # From here on a preemption signal is remembered (and forwarded once the step runs).
     _PIPELINE_GOT_USR1='' _PIPELINE_GOT_TERM='' _PIPELINE_STEP_PID='' _PIPELINE_REPEAT_PID=''
@@ -107,7 +111,7 @@ pipeline_init() {
         set +f
         TRAIN_ARGS+=" --output-dir $(printf '%q' "$OUTPUT_DIR")"
     fi
-    export PIPELINE_ROOT OUTPUT_DIR MAIN_ADDR MAIN_PORT
+    export PIPELINE_ROOT PIPELINE_WORKDIR OUTPUT_DIR MAIN_ADDR MAIN_PORT
     _pipeline_log "job $SLURM_JOB_ID${SLURM_ARRAY_TASK_ID:+ (array task $SLURM_ARRAY_TASK_ID)}" \
         "restart ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST:-$(hostname)}:" \
         "nodes=$SLURM_NNODES main=$MAIN_ADDR:$MAIN_PORT output_dir=$OUTPUT_DIR"

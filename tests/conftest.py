@@ -9,6 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -81,3 +83,22 @@ def _free_port() -> int:
 def metrics(run_dir: Path, split: str = "train") -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     return [r for r in map(json.loads, path.read_text().splitlines()) if r["split"] == split]
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the project's wheel, built once; its files unpacked into a folder: put that folder on
+    PYTHONPATH for an install without a checkout)."""
+    import zipfile
+
+    dist = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         str(ROOT), "-w", str(dist)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (built,) = dist.glob("pipeline-*.whl")
+    site = tmp_path_factory.mktemp("site")
+    site.chmod(0o755)  # the SLURM daemons (same machine) run jobs from it
+    zipfile.ZipFile(built).extractall(site)
+    return built, site

@@ -224,11 +224,16 @@ def _autos(node: Any, prefix: str = "", skip: set[str] = frozenset()) -> list[st
 
 
 def config_path(cfg: RunConfig) -> str:
-    """engine.deepspeed_config, else the JSON named by an accelerate config file."""
+    """engine.deepspeed_config (a file, or a shipped recipe's name), else the JSON named by an
+    accelerate config file."""
     import os
+
+    from pipeline import recipes
 
     from_accelerate = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
     ours = cfg.engine.deepspeed_config
+    if ours:  # a shipped name (deepspeed/zero2): its file, also from a pip install
+        ours = str(recipes.resolve(ours))
     if (
         ours
         and from_accelerate != "none"

@@ -1,9 +1,10 @@
 """A local stand-in for the Hub's HTTP API, on 127.0.0.1, for offline tests of the upload path.
 
 It implements just the endpoints huggingface_hub calls to create a repo, a branch and a commit
-(validate-yaml, preupload, the LFS batch API with a "basic" PUT transfer, commit), and to
-download (repo info at a revision, HEAD/GET of `resolve/REVISION/PATH`) what was committed:
-each commit gets its own id and the tree of a branch is the files of its commits in order, so a
+(validate-yaml, preupload, the LFS batch API with a "basic" PUT transfer, commit, with the
+deletions a commit may carry), and to list (the tree) and download (repo info at a revision,
+HEAD/GET of `resolve/REVISION/PATH`) what was committed: each commit gets its own id and the
+tree of a branch is its commits applied in order (files added, files and folders deleted), so a
 commit id or a branch name is a revision. It records every request (path, Authorization header)
 and rebuilds the committed files, so tests can compare them byte for byte. It is NOT the real Hub: it checks that our client code drives huggingface_hub
 correctly and what goes over the wire, not that the Hub accepts it.
@@ -30,6 +31,7 @@ class Commit:
     summary: str
     files: dict[str, bytes]
     oid: str = COMMIT_OID
+    deleted: list[str] = field(default_factory=list)  # paths; a folder ends with "/"
 
 
 @dataclass
@@ -53,7 +55,10 @@ class State:
         if not chain:
             return None
         files: dict[str, bytes] = {}
-        for c in chain:
+        for c in chain:  # as the Hub applies a commit: its deletions, then its files
+            for gone in c.deleted:
+                for path in [p for p in files if p == gone or p.startswith(gone)]:
+                    del files[path]
             files.update(c.files)
         return chain[-1].oid, files
 
@@ -168,10 +173,14 @@ class Handler(BaseHTTPRequestHandler):
     def commit(self, body: bytes, repo: str, revision: str):
         lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
         header = next(item["value"] for item in lines if item["key"] == "header")
-        files = {}
+        files, deleted = {}, []
         for item in lines:
             value = item["value"]
-            if item["key"] == "file":
+            if item["key"] == "deletedFile":
+                deleted.append(value["path"])
+            elif item["key"] == "deletedFolder":
+                deleted.append(value["path"].rstrip("/") + "/")
+            elif item["key"] == "file":
                 files[value["path"]] = base64.b64decode(value["content"])
             elif item["key"] == "lfsFile":
                 if value["oid"] not in self.state.lfs:
@@ -180,7 +189,7 @@ class Handler(BaseHTTPRequestHandler):
         # the first commit has the id tests know (COMMIT_OID); later ones ids of their own
         n = len(self.state.commits)
         oid = COMMIT_OID if n == 0 else hashlib.sha1(f"commit-{n}".encode()).hexdigest()
-        self.state.commits.append(Commit(repo, revision, header["summary"], files, oid))
+        self.state.commits.append(Commit(repo, revision, header["summary"], files, oid, deleted))
         return 200, {
             "commitUrl": f"{self.base}/{repo}/commit/{oid}",
             "commitOid": oid,
@@ -198,6 +207,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def list_tree(self, body: bytes, repo: str, revision: str, prefix: str | None):
         found = self.state.tree(repo, unquote(revision))
+        if found is None and repo in self.state.repos and unquote(revision) == "main":
+            found = ("", {})  # created, nothing committed yet (the Hub: just .gitattributes)
         if found is None:
             return 404, {"error": f"mock hub: {repo} has no revision {revision}"}
         prefix = unquote(prefix or "").strip("/")

@@ -230,3 +230,32 @@ def test_submit_cpu_template_tiny_run_finishes_and_exports(slurm, slurm_tmp: Pat
             **tok("In the beginning God created the heaven.", return_tensors="pt")
         ).logits
     assert logits.shape[-1] == model.config.vocab_size and torch.isfinite(logits).all()
+
+
+def test_submit_from_a_pip_install_runs_in_the_submitting_folder(
+    slurm, slurm_tmp: Path, wheel
+) -> None:
+    """Installed from the wheel (no checkout on sys.path), submitted from a folder of the
+    user's: the job finishes, its log and run folder are there, the package folder stays clean."""
+    _, site = wheel
+    user = slurm_tmp / "user"
+    user.mkdir()
+    env = {**slurm.base_env(), "PYTHONPATH": str(site)}  # reaches the job: --export=ALL
+    overrides = [*TINY, "train.max_steps=2", "train.checkpoint_every=100"]
+    cmd = [sys.executable, "-m", "pipeline", "slurm", "submit", "mlm/tiny", *overrides,
+           "--template", "cpu", "--time", "10"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=user, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job = int(re.search(r"^submitted job (\d+) ", proc.stdout, re.M).group(1))
+    slurm.submitted.append(job)
+    log, run_dir = user / f"slurm-pipeline-cpu-{job}.out", user / "runs" / f"pipeline-cpu-{job}"
+    assert proc.stdout.splitlines()[1:] == [f"log: {log}", f"run folder: {run_dir}"]
+    info = slurm.wait(job, log, timeout=300)
+    text = log.read_text(errors="replace")
+    assert info["JobState"] == "COMPLETED", text
+    assert f"-m pipeline train {site}/pipeline/_recipes/configs/mlm/tiny.yaml" in text
+    assert (run_dir / "export" / "config.json").is_file(), text
+    assert sorted(p.name for p in (site / "pipeline" / "_recipes").iterdir()) == [
+        "configs",
+        "slurm",
+    ]
