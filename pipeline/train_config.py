@@ -247,7 +247,8 @@ class TrainConfig(LoopConfig):
     micro batch per process to the global batch (needs train.global_batch_size above
     micro x processes; not with DeepSpeed, whose accumulation is fixed). The data position
     stays one global batch per step, so a warmup step passes over the micro batches it does
-    not train on and a resume is exact; 0 = off."""
+    not train on and a resume is exact (so `tokens`, tokens/s and train.max_tokens count
+    the whole global batch during the warmup too); 0 = off."""
     export: bool = True
     """Write the Hugging Face export into RUN_DIR/export at the end."""
     push_to_hub: str | None = None
