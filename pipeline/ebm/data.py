@@ -12,6 +12,11 @@
 Without `data.eval_path`, files and datasets hold out `data.eval_fraction` of the rows;
 `data.eval_path=split:NAME` reads split NAME of the same dataset.
 
+`data.streaming=true` (`load_stream`): a `datasets` source is read as an IterableDataset, each
+process (and DataLoader worker) its own share, with the same transform (`column_examples`) and
+an exact position in checkpoints (`ExampleStream`, a pipeline/data/streaming.py ShardStream);
+the first data.eval_documents rows are held out unless data.eval_path is set.
+
 The image transform (`image_tensor`), applied to every value of `data.image_column`:
   - a PIL image becomes an array: modes L/1/P/I/F as one channel (P via L), others as RGB;
   - arrays are (H, W) -> one channel, (C, H, W) when C <= 4 < W, else (H, W, C);
