@@ -514,6 +514,8 @@ def load_stream(
     from pipeline.data.streaming import stream_columns
 
     columns = Columns.of(d)
+    if list(d.path) == ["sklearn:digits"]:  # its default column, as read_examples has it
+        columns = _digit_columns(columns)
     rows, source = open_stream(list(d.path), "data.path", columns)
     names = stream_columns(rows)
     columns = resolve_columns(names, rows.features, source, columns)

@@ -86,6 +86,54 @@ def test_streamed_images_get_the_in_memory_transform(tmp_path):
     assert torch.equal(streamed.sample.x, want)  # the bounded sample is the first rows
 
 
+def image_folder(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    rng = np.random.default_rng(2)
+    for i in range(8):
+        (folder / ("cat" if i % 2 else "dog")).mkdir(parents=True, exist_ok=True)
+        rgb = rng.integers(0, 256, size=(5, 5, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(folder / ("cat" if i % 2 else "dog") / f"{i}.png")
+    return folder
+
+
+def saved_dataset(tmp_path: Path) -> Path:
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_parquet(str(point_file(tmp_path, n=24))).save_to_disk(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["imagefolder", "save_to_disk", "sklearn:digits"])
+def test_every_datasets_form_streams_the_in_memory_examples(tmp_path, kind):
+    """An image folder (its only image column found without data.image_column), a saved
+    dataset and sklearn:digits: one streamed epoch is the in-memory reader's rows."""
+    if kind == "imagefolder":
+        path, cols = str(image_folder(tmp_path)), {"feature_columns": None}
+    elif kind == "save_to_disk":
+        path, cols = str(saved_dataset(tmp_path)), {}
+    else:
+        path, cols = kind, {"feature_columns": None}
+    want = read_examples([path], "data.path", Columns(**{"feature_columns": ["u", "v"], **cols}))
+    streamed = load_stream(data_cfg(path, **cols), 0, 0, 1)
+    n = len(want) - len(want) % 4
+    it = batches(streamed.train, micro=4)
+    got = torch.cat([next(it)["x"] for _ in range(n // 4)])
+    assert rows_of(got.flatten(1)) == rows_of(want[:n].flatten(1))
+
+
+def test_dataloader_workers_split_a_process_share(tmp_path):
+    """data.num_workers=2 at 2 processes: 4 readers, every row once."""
+    path = point_file(tmp_path, n=48)
+    seen = Counter()
+    for rank in (0, 1):
+        stream = load_stream(data_cfg(path), 0, rank, 2).train
+        it = StreamBatches(stream, identity, seed=3, micro_batch=4, rank=rank, num_workers=2)
+        seen += rows_of(torch.cat([next(it)["x"] for _ in range(6)]))
+    file_rows = read_examples([str(path)], "data.path", Columns(feature_columns=["u", "v"]))
+    assert seen == rows_of(file_rows)
+
+
 def test_stream_position_resumes_exactly_with_a_shuffle_buffer(tmp_path):
     path = point_file(tmp_path)
     cfg = data_cfg(path, shuffle_buffer=8, eval_documents=6)
@@ -184,6 +232,22 @@ def test_streamed_cd_resume_is_bitwise_exact(tmp_path):
     check_bitwise(straight, split, 8, world=1)
     log = (split / "metrics.jsonl").read_text()
     assert '"split": "eval"' in log  # evaluated on the held-out first rows
+
+
+@pytest.mark.parametrize("recipe", ["nce-2d", "dsm-2d"])
+def test_nce_and_dsm_train_on_a_stream(tmp_path, recipe):
+    path = point_file(tmp_path, n=400)
+    out = tmp_path / "run"
+    run_cli(["train", f"configs/ebm/{recipe}.yaml", f"data.path={path}", "data.streaming=true",
+             "data.feature_columns=[u, v]", "data.eval_documents=64", "model.hidden=[16, 16]",
+             "objective.grid_size=32", "train.micro_batch_size=32", "train.max_steps=3",
+             "train.log_every=1", "train.eval_every=0", "log.progress_bar=false",
+             "log.plots=false", "log.trackers=[]", "train.export=false", "--output-dir",
+             str(out)])  # fmt: skip
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3]
+    evals = [r for r in rows if r["split"] == "eval"]
+    assert evals and np.isfinite(evals[-1]["nll"])  # the 2-D grid from the bounded sample
 
 
 @pytest.mark.slow
