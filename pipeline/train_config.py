@@ -55,7 +55,8 @@ class DataConfig:
     """Energy objectives: resize every image to [H, W] (or [S] for S x S), bilinear."""
     streaming: bool = False
     """Stream the corpus (larger than memory or disk); each process reads its own share of the
-    documents (its shards, or every world_size-th document when there are fewer shards)."""
+    documents (its shards, or every world_size-th document when there are fewer shards).
+    Energy objectives: rows of a `datasets` source, one example each (pipeline/ebm/data.py)."""
     shuffle_buffer: int = 0
     """Streaming: blocks pass through a seeded shuffle buffer of this many blocks (0 = stream
     order); its contents are saved in checkpoints, so a resume continues exactly."""

@@ -12,7 +12,9 @@ would be wrong: datasets composes an example split of a split by rank blocks, an
 itself it stops the workers beyond the shard count.) The position is exact: the stream's own
 `state_dict()` (datasets re-runs a half-consumed map batch and skips what was yielded) plus
 the shuffle buffer's contents and generator, all in `state_dict()`, which torchdata's
-StatefulDataLoader collects from every worker into the checkpoint.
+StatefulDataLoader collects from every worker into the checkpoint. `ShardStream` is that
+machinery for any row stream; `BlockStream` packs text blocks with it and the energy
+objectives' `ExampleStream` (pipeline/ebm/data.py) converts points and images.
 """
 
 from __future__ import annotations
@@ -65,35 +67,44 @@ def _outside_worker() -> Iterator[None]:
         torch_worker._worker_info = saved
 
 
-class BlockStream(torch.utils.data.IterableDataset):
-    """Endless blocks of this process's (and DataLoader worker's) share of a document stream
-    (`docs`: the whole stream; the share is taken here), epoch after epoch, through an optional
-    seeded shuffle buffer. Its own iterator: the stateful loader saves `state_dict()` of the
-    object iterated."""
+class ShardStream(torch.utils.data.IterableDataset):
+    """Endless examples of this process's (and DataLoader worker's) share of a row stream
+    (`rows`: the whole stream; the share is taken here), epoch after epoch, through an optional
+    seeded shuffle buffer; each example is `{key: tensor}`. Its own iterator: the stateful
+    loader saves `state_dict()` of the object iterated. Subclasses say what a share becomes
+    (`_prepare`, e.g. tokenized and packed) and how a row becomes a tensor (`_example`): text
+    blocks (BlockStream) and energy-model examples (pipeline/ebm/data.py) share the sharding,
+    the shuffle buffer and the exact position."""
+
+    key = "x"
 
     def __init__(
-        self,
-        docs: Any,
-        tokenizer: PreTrainedTokenizerBase,
-        column: str,
-        block_size: int,
-        template: BlockTemplate,
-        *,
-        shuffle_buffer: int = 0,
-        seed: int = 0,
-        rank: int = 0,
+        self, rows: Any, *, shuffle_buffer: int = 0, seed: int = 0, rank: int = 0,
         world_size: int = 1,
-    ) -> None:
-        self.docs, self.tokenizer, self.column = docs, tokenizer, column
-        self.block_size, self.template = block_size, template
+    ) -> None:  # fmt: skip
+        self.docs = rows
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.rank, self.world_size = rank, world_size
-        self.columns = stream_columns(docs)  # here, in the training process (see _outside_worker)
         self._state: dict[str, Any] | None = None  # loaded, applied at the next __iter__
         self._source: Any = None
         self._it: Any = None
 
-    # ---- the worker's share, packed
+    # ---- what subclasses define
+    def _prepare(self, share: Any) -> Any:
+        """The IterableDataset iterated for a share of the rows (its state is the position)."""
+        return share
+
+    def _example(self, row: dict[str, Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _empty_message(self, worker: int, workers: int) -> str:
+        return (
+            f"data: the training stream of process {self.rank} (DataLoader worker {worker} of "
+            f"{workers}) holds no example: fewer rows are left than readers (processes x "
+            "data.num_workers) after data.eval_documents are held out"
+        )
+
+    # ---- the worker's share
     def _worker(self) -> tuple[int, int]:
         info = torch.utils.data.get_worker_info()
         return (0, 1) if info is None else (info.id, info.num_workers)
@@ -110,16 +121,14 @@ class BlockStream(torch.utils.data.IterableDataset):
                 world_size=self.world_size * workers,
             )  # fmt: skip
         docs.set_epoch(epoch)  # a shuffled Hub stream reshuffles its shards per epoch
-        self._source = packed_documents(
-            docs, self.tokenizer, self.column, self.block_size, self.template, self.columns
-        )
+        self._source = self._prepare(docs)
         if source_state is not None:
             self._source.load_state_dict(source_state)
         self._it = iter(self._source)
         self._first = workers > 1  # start the iterator outside the worker (see _next_block)
         self.epoch = epoch
 
-    def __iter__(self) -> BlockStream:
+    def __iter__(self) -> ShardStream:
         state, self._state = self._state, None
         self._start(state)
         return self
@@ -147,35 +156,31 @@ class BlockStream(torch.utils.data.IterableDataset):
                         row = next(self._it)
                 else:
                     row = next(self._it)
-                return torch.as_tensor(row["input_ids"], dtype=torch.int32)
+                return self._example(row)
             except StopIteration:
-                # a share with no block would loop over its empty epochs for ever
+                # a share with no example would loop over its empty epochs for ever
                 empty_passes += 1
                 if empty_passes > 1:
-                    worker, workers = self._worker()
-                    raise ValueError(
-                        f"data: the training stream of process {self.rank} (DataLoader worker "
-                        f"{worker} of {workers}) holds no block of {self.block_size} tokens: "
-                        "fewer documents are left than readers (processes x data.num_workers) "
-                        "after data.eval_documents are held out, or too few tokens; lower "
-                        "data.eval_documents, data.num_workers or data.block_size"
-                    ) from None
+                    raise ValueError(self._empty_message(*self._worker())) from None
                 self._open(self.epoch + 1, None)  # next epoch of the stream
 
     def __next__(self) -> dict[str, torch.Tensor]:
         if not self.shuffle_buffer:
-            return {"input_ids": self._next_block()}
+            return {self.key: self._next_block()}
         while len(self.buffer) < self.shuffle_buffer:  # fill once, then swap one in one out
             self.buffer.append(self._next_block())
         i = int(torch.randint(len(self.buffer), (1,), generator=self.generator))
         out, self.buffer[i] = self.buffer[i], self._next_block()
-        return {"input_ids": out}
+        return {self.key: out}
 
     # ---- exact position
+    def _empty_buffer(self) -> torch.Tensor:
+        return torch.zeros(0)
+
     def state_dict(self) -> dict[str, Any]:
         if self._source is None:  # not iterated yet: the state it would start from
             return dict(self._state or {})
-        buffer = torch.stack(self.buffer) if self.buffer else torch.zeros(0, dtype=torch.int32)
+        buffer = torch.stack(self.buffer) if self.buffer else self._empty_buffer()
         return {
             "epoch": self.epoch,
             "source": self._source.state_dict(),
@@ -190,6 +195,53 @@ class BlockStream(torch.utils.data.IterableDataset):
             self._state = state
         else:
             self._start(state)
+
+
+class BlockStream(ShardStream):
+    """Endless packed blocks of this process's (and DataLoader worker's) share of a document
+    stream: each share is tokenized and packed (`packed_documents`) as it is read."""
+
+    key = "input_ids"
+
+    def __init__(
+        self,
+        docs: Any,
+        tokenizer: PreTrainedTokenizerBase,
+        column: str,
+        block_size: int,
+        template: BlockTemplate,
+        *,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__(
+            docs, shuffle_buffer=shuffle_buffer, seed=seed, rank=rank, world_size=world_size
+        )
+        self.tokenizer, self.column = tokenizer, column
+        self.block_size, self.template = block_size, template
+        self.columns = stream_columns(docs)  # here, in the training process (see _outside_worker)
+
+    def _prepare(self, share: Any) -> Any:
+        return packed_documents(
+            share, self.tokenizer, self.column, self.block_size, self.template, self.columns
+        )
+
+    def _example(self, row: dict[str, Any]) -> torch.Tensor:
+        return torch.as_tensor(row["input_ids"], dtype=torch.int32)
+
+    def _empty_buffer(self) -> torch.Tensor:
+        return torch.zeros(0, dtype=torch.int32)
+
+    def _empty_message(self, worker: int, workers: int) -> str:
+        return (
+            f"data: the training stream of process {self.rank} (DataLoader worker "
+            f"{worker} of {workers}) holds no block of {self.block_size} tokens: "
+            "fewer documents are left than readers (processes x data.num_workers) "
+            "after data.eval_documents are held out, or too few tokens; lower "
+            "data.eval_documents, data.num_workers or data.block_size"
+        )
 
 
 def materialize(stream: Any, limit: int) -> Any:

@@ -12,6 +12,11 @@
 Without `data.eval_path`, files and datasets hold out `data.eval_fraction` of the rows;
 `data.eval_path=split:NAME` reads split NAME of the same dataset.
 
+`data.streaming=true` (`load_stream`): a `datasets` source is read as an IterableDataset, each
+process (and DataLoader worker) its own share, with the same transform (`column_examples`) and
+an exact position in checkpoints (`ExampleStream`, a pipeline/data/streaming.py ShardStream);
+the first data.eval_documents rows are held out unless data.eval_path is set.
+
 The image transform (`image_tensor`), applied to every value of `data.image_column`:
   - a PIL image becomes an array: modes L/1/P/I/F as one channel (P via L), others as RGB;
   - arrays are (H, W) -> one channel, (C, H, W) when C <= 4 < W, else (H, W, C);
@@ -27,11 +32,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.data.sources import DataError
+from pipeline.data.streaming import ShardStream
 from pipeline.ebm.toys import Toy, get_toy
 
 
@@ -59,7 +66,8 @@ class Points:
 @dataclass
 class PointData:
     train: Points
-    eval: Points
+    """Every training example; streaming: the bounded sample of the stream (StreamData)."""
+    eval: Points | None
     toy: Toy | None
     """The known density when data.path is a built-in toy (enables kl and tv)."""
 
@@ -182,9 +190,10 @@ BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "j
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def open_table(paths: list[str], key: str, columns: Columns):
+def open_table(paths: list[str], key: str, columns: Columns, streaming: bool = False):
     """(a `datasets.Dataset`, a description for messages) for local files, a saved dataset,
-    an image folder or a Hub name."""
+    an image folder or a Hub name; `streaming`: an IterableDataset for files, image folders and
+    Hub names (a saved dataset stays a Dataset: open_stream makes it iterable)."""
     import datasets
 
     first = Path(paths[0]).expanduser()
@@ -204,7 +213,9 @@ def open_table(paths: list[str], key: str, columns: Columns):
                     table = table[columns.split]
                 return table, desc
             if any(f.suffix.lower() in IMAGE_SUFFIXES for f in first.rglob("*") if f.is_file()):
-                table = datasets.load_dataset("imagefolder", data_dir=str(first), split="train")
+                table = datasets.load_dataset(
+                    "imagefolder", data_dir=str(first), split="train", streaming=streaming
+                )
                 return table, desc
             raise DataError(
                 f"{key}: folder {desc} is neither a saved dataset (save_to_disk) nor an image folder"
@@ -218,7 +229,9 @@ def open_table(paths: list[str], key: str, columns: Columns):
             if len(builders) != 1 or None in builders:
                 raise DataError(f"{key}: mixed or unknown file types in {desc}")
             files = [str(p) for p in local]
-            table = datasets.load_dataset(builders.pop(), data_files=files, split="train")
+            table = datasets.load_dataset(
+                builders.pop(), data_files=files, split="train", streaming=streaming
+            )
             return table, desc
         if len(paths) > 1:
             raise DataError(f"{key}: {desc}: one Hub dataset at a time")
@@ -227,7 +240,9 @@ def open_table(paths: list[str], key: str, columns: Columns):
                 f"{key}: {paths[0]!r} is not a file, folder or Hub dataset (built-in: "
                 "sklearn:digits, toy:8gaussians, toy:rings, toy:2spirals, toy:checkerboard)"
             )
-        table = datasets.load_dataset(paths[0], columns.name, split=columns.split)
+        table = datasets.load_dataset(
+            paths[0], columns.name, split=columns.split, streaming=streaming
+        )
         return table, paths[0] + (f" ({columns.name})" if columns.name else "")
     except DataError:
         raise
@@ -239,11 +254,20 @@ def open_table(paths: list[str], key: str, columns: Columns):
 def table_examples(table, source: str, columns: Columns) -> torch.Tensor:
     """Examples of a `datasets.Dataset`: images of `image_column` or points of
     `feature_columns` (or the table's only image column when neither is set)."""
-    names = list(table.column_names)
+    columns = resolve_columns(list(table.column_names), table.features, source, columns)
+    if len(table) == 0:
+        raise DataError(f"{source}: no rows")
+    return column_examples(table, source, columns)
+
+
+def resolve_columns(names: list[str], features: Any, source: str, columns: Columns) -> Columns:
+    """`columns` with the image column filled in when neither image_column nor feature_columns
+    is set (the only `datasets.Image` column of `features`); DataError when a column is missing
+    (the check a stream makes on its first row, before training)."""
     if not columns.set:
         import datasets
 
-        images = [c for c, f in table.features.items() if isinstance(f, datasets.Image)]
+        images = [c for c, f in (features or {}).items() if isinstance(f, datasets.Image)]
         if len(images) == 1:
             columns = Columns(**{**columns.__dict__, "image_column": images[0]})
         else:
@@ -255,31 +279,39 @@ def table_examples(table, source: str, columns: Columns) -> torch.Tensor:
     missing = [c for c in wanted if c not in names]
     if missing:
         raise DataError(f"{source}: no column {missing[0]!r}; columns: {', '.join(names)}")
-    if len(table) == 0:
-        raise DataError(f"{source}: no rows")
+    return columns
+
+
+def column_examples(table: Any, source: str, columns: Columns, first_row: int = 0) -> torch.Tensor:
+    """The examples of resolved `columns` (see resolve_columns) of `table`: a `datasets.Dataset`
+    or a mapping column -> values (a batch of streamed rows, whose first is row `first_row`
+    in messages). The one transform of in-memory and streamed data."""
+    features = getattr(table, "features", None) or {}
     if columns.image_column:
         col = columns.image_column
         size = _size(columns.image_size)
-        images = [image_tensor(v, f"{source}, column {col!r}, row {i}", size)
+        images = [image_tensor(v, f"{source}, column {col!r}, row {first_row + i}", size)
                   for i, v in enumerate(table[col])]  # fmt: skip
         shapes = {tuple(t.shape) for t in images}
         if len(shapes) > 1:
             first = tuple(images[0].shape)
             row = next(i for i, t in enumerate(images) if tuple(t.shape) != first)
             raise DataError(
-                f"{source}, column {col!r}: images of different sizes ({first} at row 0, "
-                f"{tuple(images[row].shape)} at row {row}); set data.image_size=[H, W]"
+                f"{source}, column {col!r}: images of different sizes ({first} at row "
+                f"{first_row}, {tuple(images[row].shape)} at row {first_row + row}); set "
+                "data.image_size=[H, W]"
             )
         x = torch.stack(images)
+        wanted = [col]
     else:
+        wanted = list(columns.feature_columns)
         cols = []
         for c in wanted:
             try:
                 v = np.asarray(table[c], dtype=np.float32)
             except (TypeError, ValueError):
-                raise DataError(
-                    f"{source}: column {c!r} is not numeric ({table.features[c]})"
-                ) from None
+                kind = features[c] if c in features else type(table[c][0]).__name__
+                raise DataError(f"{source}: column {c!r} is not numeric ({kind})") from None
             if v.ndim != 1:
                 raise DataError(f"{source}: column {c!r} holds {v.ndim - 1}-D values, not numbers")
             cols.append(v)
@@ -291,7 +323,7 @@ def table_examples(table, source: str, columns: Columns) -> torch.Tensor:
         name = col if col is not None else wanted[pos]
         raise DataError(
             f"{source}: column {name!r} holds NaN or infinite values ({int(bad.sum())}), "
-            f"first at row {row}"
+            f"first at row {first_row + row}"
         )
     return x
 
@@ -374,3 +406,148 @@ def _read_csv(p: Path) -> np.ndarray:
     except ValueError:
         skip = 1  # a header line
     return np.loadtxt(p, delimiter=",", skiprows=skip, dtype=np.float32, ndmin=2)
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+@dataclass
+class StreamData:
+    """data.streaming=true: this process's endless training stream, plus what needs data in
+    memory, kept bounded: `sample`, the first rows of the whole training stream (the same on
+    every process: the chain-start noise box, the 2-D quadrature grid, plots, the export's
+    value range), and `eval`, the held-out examples (at most data.max_eval_examples)."""
+
+    train: ExampleStream
+    sample: Points
+    eval: Points | None
+
+
+class ExampleStream(ShardStream):
+    """Endless `{"x": (*shape)}` examples of this process's (and DataLoader worker's) share of
+    a `datasets` IterableDataset, converted by `column_examples`, the in-memory path's
+    transform (pipeline/data/streaming.py: sharding, shuffle buffer, exact position)."""
+
+    key = "x"
+
+    def __init__(
+        self, rows: Any, source: str, columns: Columns, shape: tuple[int, ...], *,
+        shuffle_buffer: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1,
+    ) -> None:  # fmt: skip
+        super().__init__(
+            rows, shuffle_buffer=shuffle_buffer, seed=seed, rank=rank, world_size=world_size
+        )
+        self.source, self.columns, self.shape = source, columns, shape
+        self.wanted = [columns.image_column] if columns.image_column else columns.feature_columns
+        self._read = 0  # rows of this share read in this epoch: the row named in messages
+
+    def _open(self, epoch: int, source_state: dict | None) -> None:
+        super()._open(epoch, source_state)
+        self._read = 0
+
+    def _prepare(self, share: Any) -> Any:
+        # only the example's columns: a wide table's other columns are never decoded
+        return share.select_columns(list(self.wanted))
+
+    def _example(self, row: dict[str, Any]) -> torch.Tensor:
+        where = f"{self.source} (process {self.rank}'s share)"
+        x = column_examples({c: [row[c]] for c in self.wanted}, where, self.columns, self._read)[0]
+        if tuple(x.shape) != self.shape:
+            raise DataError(
+                f"{where}: an example of shape {tuple(x.shape)} at row {self._read}, but the "
+                f"first rows have {self.shape}"
+                + ("; set data.image_size=[H, W]" if self.columns.image_column else "")
+            )
+        self._read += 1
+        return x
+
+    def _empty_message(self, worker: int, workers: int) -> str:
+        return (
+            f"data: {self.source}: the training stream of process {self.rank} (DataLoader "
+            f"worker {worker} of {workers}) holds no row: fewer rows are left than readers "
+            "(processes x data.num_workers) after data.eval_documents are held out"
+        )
+
+
+def _head(rows: Any, n: int, source: str, columns: Columns) -> Points | None:
+    """The first `n` rows of a stream as in-memory examples (None when it has none)."""
+    wanted = [columns.image_column] if columns.image_column else list(columns.feature_columns)
+    batch: dict[str, list] = {c: [] for c in wanted}
+    for row in rows.select_columns(wanted).take(n):
+        for c in wanted:
+            batch[c].append(row[c])
+    if not batch[wanted[0]]:
+        return None
+    return Points(column_examples(batch, source, columns))
+
+
+def open_stream(paths: list[str], key: str, columns: Columns) -> tuple[Any, str]:
+    """(an IterableDataset, a description) for a `datasets` source: files, an image folder and
+    Hub names are read as they stream; a saved dataset and sklearn:digits are on disk or in
+    memory already and are served through `to_iterable_dataset`."""
+    if len(paths) == 1 and paths[0] == "sklearn:digits":
+        return digits_dataset().to_iterable_dataset(), "sklearn:digits"
+    suffixes = {Path(p).suffix.lower() for p in paths}
+    plain = suffixes <= {".npy"} or (suffixes <= {".csv", ".txt"} and not columns.set)
+    if plain or any(p.startswith("toy:") for p in paths):
+        raise DataError(
+            f"{key}: data.streaming=true reads `datasets` sources (Hub names, .parquet/.arrow/"
+            f".csv/.json files with data.feature_columns or data.image_column, image folders, "
+            f"saved datasets); {', '.join(paths)} is read into memory: set data.streaming=false"
+        )
+    table, desc = open_table(paths, key, columns, streaming=True)
+    if not hasattr(table, "state_dict"):  # a saved dataset: mapped from disk, not streamed
+        table = table.to_iterable_dataset()
+    return table, desc
+
+
+def load_stream(
+    d: Any, seed: int, rank: int, world_size: int, sample_size: int | None = None
+) -> StreamData:
+    """The streamed form of `load_points` for the DataConfig `d` (data.streaming=true).
+
+    Held out: data.eval_path (files, or `split:NAME` of the same source) when set, else the
+    first data.eval_documents rows of the stream, which training then skips (as the text
+    objectives do); at most data.max_eval_examples of them are evaluated. data.eval_fraction
+    does not apply (a stream has no length). Missing columns and bad values in the first rows
+    stop the run before training; a bad row later in the stream stops it when it is read."""
+    from pipeline.data.streaming import stream_columns
+
+    columns = Columns.of(d)
+    if list(d.path) == ["sklearn:digits"]:  # its default column, as read_examples has it
+        columns = _digit_columns(columns)
+    rows, source = open_stream(list(d.path), "data.path", columns)
+    names = stream_columns(rows)
+    columns = resolve_columns(names, rows.features, source, columns)
+    limit = d.max_eval_examples
+    ev = None
+    if d.eval_path:
+        eval_paths = list(d.eval_path)
+        eval_cols = columns
+        if len(eval_paths) == 1 and eval_paths[0].startswith("split:"):
+            eval_cols = Columns(**{**columns.__dict__, "split": eval_paths[0].split(":", 1)[1]})
+            eval_paths = list(d.path)
+        held, eval_source = open_stream(eval_paths, "data.eval_path", eval_cols)
+        resolve_columns(stream_columns(held), held.features, eval_source, eval_cols)
+        ev = _head(held, limit, eval_source, eval_cols)
+        if ev is None:
+            raise DataError(f"data.eval_path: {eval_source}: no rows")
+    elif d.eval_documents:
+        held, rows = rows.take(d.eval_documents), rows.skip(d.eval_documents)
+        ev = _head(held, min(limit, d.eval_documents), source, columns)
+    sample = _head(rows, sample_size or limit, source, columns)
+    if sample is None:
+        raise DataError(
+            f"data.path: {source}: no rows to train on"
+            + (f" after the first data.eval_documents={d.eval_documents}" if ev is not None else "")
+        )
+    if ev is not None and ev.shape != sample.shape:
+        raise DataError(
+            f"data.eval_path examples have shape {ev.shape} but data.path examples have "
+            f"{sample.shape}"
+        )
+    stream = ExampleStream(
+        rows, source, columns, sample.shape, shuffle_buffer=d.shuffle_buffer, seed=seed,
+        rank=rank, world_size=world_size,
+    )  # fmt: skip
+    return StreamData(stream, sample, ev)

@@ -24,7 +24,7 @@ from pipeline import config as config_lib
 from pipeline import registry
 from pipeline.config import ConfigError, check_minimums
 from pipeline.ebm import plots
-from pipeline.ebm.data import Columns, PointData, load_points
+from pipeline.ebm.data import Columns, PointData, load_points, load_stream
 from pipeline.ebm.export import save_energy
 from pipeline.ebm.quadrature import Grid, GridStats, grid_energies, grid_stats, outside_mass
 from pipeline.engine.launch import accumulation_steps
@@ -152,14 +152,23 @@ class EnergyObjective(Objective):
     # ---- data
     def build_data(self, ctx: RunContext) -> Datasets:
         d = ctx.cfg.data
-        self.data: PointData = load_points(
-            d.path, d.eval_path, self.cfg.num_train, self.cfg.num_eval, d.eval_fraction,
-            ctx.cfg.train.seed, Columns.of(d),
-        )  # fmt: skip
+        if d.streaming:
+            # the engine reads `train` through its stateful loader (exact resume); what needs
+            # data in memory (noise box, grid, plots, value range) uses a bounded sample of the
+            # stream's first rows, the same on every process (load_stream)
+            streamed = load_stream(d, ctx.cfg.train.seed, ctx.rank, ctx.world_size)
+            self.data = PointData(streamed.sample, streamed.eval, None)
+            train: object = streamed.train
+        else:
+            self.data = load_points(
+                d.path, d.eval_path, self.cfg.num_train, self.cfg.num_eval, d.eval_fraction,
+                ctx.cfg.train.seed, Columns.of(d),
+            )  # fmt: skip
+            train = self.data.train
         self.shape = self.data.train.shape
         self.grid, self.true_grid_logp = self._grid(ctx)
         self.check_data(ctx)
-        return Datasets(self.data.train, self.data.eval)
+        return Datasets(train, self.data.eval)
 
     def check_data(self, ctx: RunContext) -> None:
         """Objective-specific checks of data against config (raise ConfigError)."""
@@ -177,7 +186,8 @@ class EnergyObjective(Objective):
                     "use density_metrics=auto or false"
                 ]
             )
-        points = torch.cat([self.data.train.x, self.data.eval.x])
+        held = [self.data.eval.x] if self.data.eval is not None else []
+        points = torch.cat([self.data.train.x, *held])
         grid = Grid.around(points, self.cfg.grid_margin, self.cfg.grid_size)
         true = self.data.toy.log_prob(grid.points().double()) if self.data.toy else None
         return grid, true
