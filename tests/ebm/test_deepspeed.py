@@ -21,7 +21,7 @@ import torch
 from pipeline.engine.deepspeed import consolidated_state_dict
 from tests.conftest import _free_port
 from tests.deepspeed.conftest import ACCELERATE_CONFIGS, DS_CONFIGS, ROOT, check_ok, ds, env
-from tests.ebm.test_streaming import (
+from tests.ebm.test_ebm_streaming import (
     ARGS,
     final_checkpoint,
     losses,
