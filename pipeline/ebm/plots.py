@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
 
 from pipeline.ebm.quadrature import Grid  # noqa: E402
 
@@ -123,6 +124,35 @@ def topographic_map(
         ax.quiver(a[:, 0], a[:, 1], r[:, 0], r[:, 1], color="red", width=0.003, label="r(x) - x")
     ax.legend(loc="upper right", fontsize=7)
     ax.set_title(title)
+    ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def sample_shift(
+    path: Path, grid: Grid, grid_energy: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
+    data: torch.Tensor | None = None, title: str = "", max_chains: int = 300,
+) -> None:  # fmt: skip
+    """Where CD's contrastive samples went in one step: energy contours, each chain's start
+    (blue) joined to its end after Langevin (red); data in white."""
+    n = grid.size
+    pts = grid.points()
+    e = grid_energy.double().view(n, n).cpu().numpy()
+    xs, ys = pts[:, 0].view(n, n).cpu().numpy(), pts[:, 1].view(n, n).cpu().numpy()
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    ax.contourf(xs, ys, e, levels=30, cmap="viridis")
+    if data is not None:
+        d = data[:1000].cpu()
+        ax.scatter(d[:, 0], d[:, 1], s=1, c="white", alpha=0.3)
+    s, t = start[:max_chains].detach().cpu(), end[:max_chains].detach().cpu()
+    ax.add_collection(LineCollection(torch.stack([s, t], 1).numpy(), colors="0.85", lw=0.5))
+    ax.scatter(s[:, 0], s[:, 1], s=4, c="tab:blue", label="chain start")
+    ax.scatter(t[:, 0], t[:, 1], s=4, c="tab:red", label="after Langevin")
+    ax.set_xlim(grid.lo[0], grid.hi[0])
+    ax.set_ylim(grid.lo[1], grid.hi[1])
+    ax.legend(loc="upper right", fontsize=7, markerscale=2)
+    ax.set_title(title, fontsize=9)
     ax.set_aspect("equal")
     fig.tight_layout()
     fig.savefig(path, dpi=80)

@@ -13,6 +13,7 @@ generator, and the buffer is saved with the objective state, so a resumed run is
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -22,7 +23,9 @@ from torch import nn
 
 from pipeline import registry
 from pipeline.config import ConfigError, check_minimums
+from pipeline.ebm import plots
 from pipeline.ebm.langevin import LangevinSpec, ReplayBuffer, langevin
+from pipeline.ebm.quadrature import grid_energies
 from pipeline.objectives.energy import EnergyConfig, EnergyModule, EnergyObjective
 from pipeline.protocols import RunContext
 
@@ -47,6 +50,8 @@ class CDModule(EnergyModule):
         super().__init__(energy, ema)
         self.spec, self.init, self.alpha, self.noise = spec, init, alpha, noise
         self.buffer = buffer  # held by the objective too: its state goes into checkpoints
+        # the last step's chain starts and ends: the contrastive samples' shift, for plots
+        self.last_start: torch.Tensor | None = None
         self.last_negatives: torch.Tensor | None = None
 
     def training_loss(self, x: torch.Tensor, seed: torch.Tensor, **_: torch.Tensor):
@@ -65,7 +70,7 @@ class CDModule(EnergyModule):
         negatives = langevin(self.energy, start, self.spec, gen, sampler)
         if self.init == "buffer":
             self.buffer.update(idx, negatives)
-        self.last_negatives = negatives
+        self.last_start, self.last_negatives = start.detach(), negatives
         e = self.energy(torch.cat([x, negatives]))
         e_data, e_neg = e[:n], e[n:]
         loss = (
@@ -175,6 +180,36 @@ class ContrastiveDivergence(EnergyObjective):
             g = torch.Generator().manual_seed(0)  # not the global RNG: plots never perturb a run
             return self.buffer.data[torch.randperm(len(self.buffer.data), generator=g)[:1000]]
         return module.last_negatives
+
+    def plots(self, module: CDModule, ctx: RunContext, step: int) -> None:
+        super().plots(module, ctx, step)
+        if not ctx.is_main or not ctx.cfg.log.plots or self.grid is None:
+            return
+        if module.last_start is None:  # no training step in this process yet
+            return
+        # the shift of the last step's chains on the energy that moved them (the raw weights,
+        # not the average): Langevin carries them downhill, CD then pushes energy up there
+        start, end = module.last_start, module.last_negatives
+        device = next(module.energy.parameters()).device
+        with torch.no_grad():
+            e_start = module.energy(start.to(device)).float()
+            e_end = module.energy(end.to(device)).float()
+        shift = {
+            "step": step,
+            "chains": len(start),
+            "langevin_steps": module.spec.steps,
+            "mean_energy_start": float(e_start.mean()),
+            "mean_energy_end": float(e_end.mean()),
+            "mean_distance": float((end - start).norm(dim=1).mean()),
+        }
+        name = ctx.plots_dir / f"cd_shift_step{step:06d}"
+        name.with_suffix(".json").write_text(json.dumps(shift, indent=2) + "\n")
+        plots.sample_shift(
+            name.with_suffix(".png"), self.grid, grid_energies(module.energy, self.grid),
+            start, end, self.data.train.x,
+            f"cd step {step}: {module.spec.steps} Langevin steps, mean E "
+            f"{shift['mean_energy_start']:.2f} -> {shift['mean_energy_end']:.2f}",
+        )  # fmt: skip
 
     def export_extra(self, module: CDModule) -> dict:
         s = module.spec
